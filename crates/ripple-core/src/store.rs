@@ -1,0 +1,179 @@
+//! The storage seam: what a room actor needs from durable storage.
+//!
+//! A room's stored state is an optional snapshot (one Yjs update that encodes everything up to
+//! some point) followed by a log of updates appended after it, each with a sequence number that
+//! grows per room. Loading applies the snapshot and then the log. Compaction replaces the
+//! snapshot and the log entries it covers in one atomic step.
+//!
+//! Implementations live in `ripple-store` (SQLite, Postgres); [`MemoryStore`] here serves tests
+//! and the `none` persistence mode.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+
+use crate::room_id::RoomKey;
+
+/// A boxed, sendable future, so that `Store` stays object-safe (`Arc<dyn Store>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Everything stored for one room.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredRoom {
+    /// A Yjs v1 update holding the state up to and including `snapshot_seq`.
+    pub snapshot: Option<Bytes>,
+    /// The sequence number the snapshot covers (0 when there is no snapshot).
+    pub snapshot_seq: u64,
+    /// Updates appended after the snapshot, in order, as `(seq, yjs v1 update)`.
+    pub updates: Vec<(u64, Bytes)>,
+}
+
+impl StoredRoom {
+    /// True when nothing at all is stored for the room.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none() && self.updates.is_empty()
+    }
+
+    /// The highest sequence number stored (snapshot or log).
+    pub fn last_seq(&self) -> u64 {
+        self.updates.last().map_or(self.snapshot_seq, |(seq, _)| *seq)
+    }
+}
+
+/// A summary line for `ripple rooms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// The room.
+    pub key: RoomKey,
+    /// Bytes stored (snapshot plus log).
+    pub stored_bytes: u64,
+    /// Number of log entries after the snapshot.
+    pub update_count: u64,
+    /// Unix milliseconds of the last write.
+    pub last_change_ms: i64,
+}
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend could not be reached or refused the operation (disk full, database down).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data failed its checksum or could not be decoded. Nothing was overwritten.
+    #[error("stored data for room {room} is corrupt: {detail}")]
+    Corrupt {
+        /// The room whose data is corrupt.
+        room: String,
+        /// What was found.
+        detail: String,
+    },
+    /// A compaction raced with appends it did not see (the caller retries later).
+    #[error("compaction conflict: {0}")]
+    Conflict(String),
+}
+
+/// Durable storage for rooms. All methods are cancel-safe in the sense that a dropped future
+/// either committed fully or not at all.
+pub trait Store: Send + Sync + 'static {
+    /// Loads everything stored for `room` (an empty [`StoredRoom`] when it has never been written).
+    fn load<'a>(&'a self, room: &'a RoomKey) -> BoxFuture<'a, Result<StoredRoom, StoreError>>;
+
+    /// Appends updates to the room's log and returns once they are durable (committed and synced
+    /// according to the backend's durability setting). Returns the sequence number of the last
+    /// appended update. Implementations group commits across rooms.
+    fn append<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        updates: Vec<Bytes>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Atomically stores `snapshot` as the state through `through_seq` and removes the log
+    /// entries with `seq <= through_seq`. Entries after `through_seq` are kept.
+    fn compact<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        snapshot: Bytes,
+        through_seq: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Lists stored rooms.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>>;
+}
+
+/// An in-memory store: nothing survives the process. Used by tests and by `persist = "none"`.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    rooms: Mutex<BTreeMap<RoomKey, StoredRoom>>,
+}
+
+impl MemoryStore {
+    /// A new, empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with_rooms<T>(&self, f: impl FnOnce(&mut BTreeMap<RoomKey, StoredRoom>) -> T) -> T {
+        // A poisoned lock only means another thread panicked mid-call; the map itself is always
+        // left consistent by the short critical sections below.
+        let mut guard = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+}
+
+impl Store for MemoryStore {
+    fn load<'a>(&'a self, room: &'a RoomKey) -> BoxFuture<'a, Result<StoredRoom, StoreError>> {
+        let stored = self.with_rooms(|rooms| rooms.get(room).cloned().unwrap_or_default());
+        Box::pin(async move { Ok(stored) })
+    }
+
+    fn append<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        updates: Vec<Bytes>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let last = self.with_rooms(|rooms| {
+            let entry = rooms.entry(room.clone()).or_default();
+            let mut seq = entry.last_seq();
+            for update in updates {
+                seq += 1;
+                entry.updates.push((seq, update));
+            }
+            seq
+        });
+        Box::pin(async move { Ok(last) })
+    }
+
+    fn compact<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        snapshot: Bytes,
+        through_seq: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.with_rooms(|rooms| {
+            let entry = rooms.entry(room.clone()).or_default();
+            entry.updates.retain(|(seq, _)| *seq > through_seq);
+            entry.snapshot = Some(snapshot);
+            entry.snapshot_seq = through_seq;
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
+        let infos = self.with_rooms(|rooms| {
+            rooms
+                .iter()
+                .map(|(key, stored)| RoomInfo {
+                    key: key.clone(),
+                    stored_bytes: stored.snapshot.as_ref().map_or(0, |s| s.len() as u64)
+                        + stored.updates.iter().map(|(_, u)| u.len() as u64).sum::<u64>(),
+                    update_count: stored.updates.len() as u64,
+                    last_change_ms: 0,
+                })
+                .collect()
+        });
+        Box::pin(async move { Ok(infos) })
+    }
+}
