@@ -1,0 +1,1 @@
+//! Awareness bookkeeping (in progress).
