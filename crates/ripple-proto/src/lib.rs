@@ -1,1 +1,17 @@
-//! placeholder
+//! The y-websocket wire protocol (v1) as a pure codec: bytes in, messages out, no I/O.
+//!
+//! One WebSocket binary frame carries exactly one [`Message`] (y-websocket 3.x reads one message
+//! per frame, so we never concatenate). Payloads (state vectors, Yjs updates, awareness updates)
+//! stay opaque [`Bytes`] slices of the input frame; interpreting them is the room's job, except for
+//! awareness entries, which [`awareness`] parses because the server must track which client ids
+//! each connection introduced.
+//!
+//! Also here: [`batch`], the reassembly of y-partykit's chunked messages (`y-pk-batch#...`).
+
+pub mod awareness;
+pub mod batch;
+mod lib0;
+mod message;
+
+pub use lib0::DecodeError;
+pub use message::{Message, SyncMessage, MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC};
