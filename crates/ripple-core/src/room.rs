@@ -1,1 +1,397 @@
-//! Room state machine (in progress).
+//! One room's state machine: its Yjs document and awareness table, and what each incoming
+//! message does to them. Pure: the server's room actor feeds messages in and carries the
+//! resulting [`Effects`] out (persist, reply, broadcast).
+
+use bytes::Bytes;
+use ripple_proto::awareness::decode_update;
+use ripple_proto::{DecodeError, Message, SyncMessage};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
+
+use crate::awareness::{AwarenessError, AwarenessTable, ConnId};
+use crate::store::StoredRoom;
+
+/// What a connection may do in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Receive state and updates, send awareness; document updates are refused.
+    ReadOnly,
+    /// Everything.
+    ReadWrite,
+}
+
+/// Why a message from a connection was refused. The server closes that connection (protocol
+/// error); the room and its other connections are unaffected.
+#[derive(Debug, thiserror::Error)]
+pub enum RoomError {
+    /// A payload that does not decode (state vector, update or awareness).
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// Which payload.
+        what: &'static str,
+        /// The decoder's complaint.
+        detail: String,
+    },
+    /// An update that decodes but cannot be integrated.
+    #[error("update rejected: {0}")]
+    BadUpdate(String),
+    /// Awareness limits.
+    #[error(transparent)]
+    Awareness(#[from] AwarenessError),
+}
+
+/// Why stored data could not be loaded into a room.
+#[derive(Debug, thiserror::Error)]
+#[error("stored {what} (seq {seq}) does not decode: {detail}")]
+pub struct LoadError {
+    /// "snapshot" or "update".
+    pub what: &'static str,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The decoder's complaint.
+    pub detail: String,
+}
+
+/// What handling one message asks the server to do, in this order: persist `update`, then
+/// send `reply` to the sender, `to_others` to every other connection and `to_all` to every
+/// connection. Frames are encoded once here and shared.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// The Yjs update that changed the document (what to persist), if any.
+    pub update: Option<Bytes>,
+    /// Frames for the sender only.
+    pub reply: Vec<Bytes>,
+    /// A frame for every connection but the sender.
+    pub to_others: Option<Bytes>,
+    /// A frame for every connection, the sender included.
+    pub to_all: Option<Bytes>,
+    /// The sender is read-only and tried to change the document.
+    pub denied: bool,
+}
+
+fn malformed(what: &'static str, e: impl std::fmt::Display) -> RoomError {
+    RoomError::Malformed {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// A room's document and awareness.
+pub struct Room {
+    doc: Doc,
+    awareness: AwarenessTable,
+    /// The whole document encoded as one update; fresh joiners (empty state vector) get this.
+    /// Cleared whenever the document changes.
+    full_state: Option<Bytes>,
+}
+
+impl Room {
+    /// An empty room; one connection may introduce at most `max_awareness_per_conn` client ids.
+    pub fn new(max_awareness_per_conn: usize) -> Self {
+        Self {
+            doc: Doc::new(),
+            awareness: AwarenessTable::new(max_awareness_per_conn),
+            full_state: None,
+        }
+    }
+
+    /// A room holding what `stored` holds (snapshot, then the log in order).
+    pub fn load(stored: &StoredRoom, max_awareness_per_conn: usize) -> Result<Self, LoadError> {
+        let room = Self::new(max_awareness_per_conn);
+        {
+            let mut txn = room.doc.transact_mut();
+            let parts = stored
+                .snapshot
+                .iter()
+                .map(|s| ("snapshot", stored.snapshot_seq, s))
+                .chain(stored.updates.iter().map(|(seq, u)| ("update", *seq, u)));
+            for (what, seq, bytes) in parts {
+                let fail = |detail: String| LoadError { what, seq, detail };
+                let update = Update::decode_v1(bytes).map_err(|e| fail(e.to_string()))?;
+                txn.apply_update(update).map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        Ok(room)
+    }
+
+    /// The frames a new connection gets first: our sync step 1, then all awareness states.
+    pub fn greeting(&self) -> Vec<Bytes> {
+        let sv = self.doc.transact().state_vector().encode_v1();
+        let mut frames = vec![Message::Sync(SyncMessage::Step1(sv.into())).encode()];
+        if let Some(update) = self.awareness.full_update() {
+            frames.push(Message::Awareness(update).encode());
+        }
+        frames
+    }
+
+    /// Handles one decoded message from connection `conn`.
+    pub fn handle(
+        &mut self,
+        conn: ConnId,
+        access: Access,
+        msg: Message,
+    ) -> Result<Effects, RoomError> {
+        let mut fx = Effects::default();
+        match msg {
+            Message::Sync(SyncMessage::Step1(sv)) => {
+                let step2 = self.diff(&sv)?;
+                fx.reply
+                    .push(Message::Sync(SyncMessage::Step2(step2)).encode());
+            }
+            Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update)) => {
+                if access == Access::ReadOnly {
+                    fx.denied = true;
+                } else if let Some(changes) = self.apply(&update)? {
+                    fx.to_others =
+                        Some(Message::Sync(SyncMessage::Update(changes.clone())).encode());
+                    fx.update = Some(changes);
+                }
+            }
+            Message::Awareness(payload) => {
+                let entries = decode_update(payload).map_err(|e| malformed("awareness", e))?;
+                if let Some(applied) = self.awareness.apply(conn, entries)? {
+                    fx.to_all = Some(Message::Awareness(applied).encode());
+                }
+            }
+            Message::QueryAwareness => {
+                if let Some(update) = self.awareness.full_update() {
+                    fx.reply.push(Message::Awareness(update).encode());
+                }
+            }
+            // Clients have no business sending auth messages; ignore them like y-websocket does.
+            Message::AuthDenied(_) => {}
+        }
+        Ok(fx)
+    }
+
+    /// Forgets connection `conn`; returns the awareness-removal frame to send to everyone left.
+    pub fn disconnect(&mut self, conn: ConnId) -> Option<Bytes> {
+        self.awareness
+            .remove_conn(conn)
+            .map(|u| Message::Awareness(u).encode())
+    }
+
+    /// What the peer with state vector `sv` lacks, as one update.
+    fn diff(&mut self, sv: &[u8]) -> Result<Bytes, RoomError> {
+        let sv = StateVector::decode_v1(sv).map_err(|e| malformed("state vector", e))?;
+        if sv.is_empty() {
+            return Ok(self.encode_state());
+        }
+        Ok(self.doc.transact().encode_state_as_update_v1(&sv).into())
+    }
+
+    /// Applies an update; returns the part that changed the document, if any.
+    fn apply(&mut self, update: &[u8]) -> Result<Option<Bytes>, RoomError> {
+        let update = Update::decode_v1(update).map_err(|e| malformed("update", e))?;
+        let mut txn = self.doc.transact_mut();
+        txn.apply_update(update)
+            .map_err(|e| RoomError::BadUpdate(e.to_string()))?;
+        let changed = txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
+        if !changed {
+            return Ok(None);
+        }
+        let changes = Bytes::from(txn.encode_update_v1());
+        drop(txn);
+        self.full_state = None;
+        Ok(Some(changes))
+    }
+
+    /// The whole document as one Yjs v1 update (what a snapshot stores).
+    pub fn encode_state(&mut self) -> Bytes {
+        if let Some(full) = &self.full_state {
+            return full.clone();
+        }
+        let full: Bytes = self
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+            .into();
+        self.full_state = Some(full.clone());
+        full
+    }
+
+    /// The document, for export and inspection.
+    pub fn doc(&self) -> &Doc {
+        &self.doc
+    }
+
+    /// Number of present awareness states.
+    pub fn awareness_len(&self) -> usize {
+        self.awareness.len()
+    }
+}
+
+impl From<DecodeError> for RoomError {
+    fn from(e: DecodeError) -> Self {
+        malformed("message", e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::{GetString, Text};
+
+    fn client_update(f: impl FnOnce(&Doc)) -> (Doc, Bytes) {
+        let doc = Doc::new();
+        f(&doc);
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        (doc, update.into())
+    }
+
+    fn text_of(update: &[u8]) -> String {
+        let doc = Doc::new();
+        let text = doc.get_or_insert_text("t");
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(update).expect("decodes"))
+            .expect("applies");
+        let txn = doc.transact();
+        text.get_string(&txn)
+    }
+
+    #[test]
+    fn update_is_broadcast_to_others_and_persisted() {
+        let mut room = Room::new(8);
+        let (_, update) = client_update(|d| {
+            let t = d.get_or_insert_text("t");
+            t.insert(&mut d.transact_mut(), 0, "hello");
+        });
+        let fx = room
+            .handle(
+                1,
+                Access::ReadWrite,
+                Message::Sync(SyncMessage::Update(update)),
+            )
+            .expect("ok");
+        let stored = fx.update.expect("persisted");
+        assert_eq!(text_of(&stored), "hello");
+        assert!(fx.to_others.is_some());
+        assert!(fx.to_all.is_none() && fx.reply.is_empty());
+        assert_eq!(text_of(&room.encode_state()), "hello");
+    }
+
+    #[test]
+    fn duplicate_update_changes_nothing() {
+        let mut room = Room::new(8);
+        let (_, update) = client_update(|d| {
+            let t = d.get_or_insert_text("t");
+            t.insert(&mut d.transact_mut(), 0, "x");
+        });
+        let msg = Message::Sync(SyncMessage::Update(update));
+        assert!(room
+            .handle(1, Access::ReadWrite, msg.clone())
+            .expect("ok")
+            .update
+            .is_some());
+        let again = room.handle(2, Access::ReadWrite, msg).expect("ok");
+        assert_eq!(again, Effects::default());
+    }
+
+    #[test]
+    fn read_only_updates_are_refused() {
+        let mut room = Room::new(8);
+        let (_, update) = client_update(|d| {
+            let t = d.get_or_insert_text("t");
+            t.insert(&mut d.transact_mut(), 0, "x");
+        });
+        let fx = room
+            .handle(
+                1,
+                Access::ReadOnly,
+                Message::Sync(SyncMessage::Step2(update)),
+            )
+            .expect("ok");
+        assert!(fx.denied && fx.update.is_none() && fx.to_others.is_none());
+        assert_eq!(text_of(&room.encode_state()), "");
+    }
+
+    #[test]
+    fn step1_gets_the_missing_state() {
+        let mut room = Room::new(8);
+        let (_, update) = client_update(|d| {
+            let t = d.get_or_insert_text("t");
+            t.insert(&mut d.transact_mut(), 0, "abc");
+        });
+        room.handle(
+            1,
+            Access::ReadWrite,
+            Message::Sync(SyncMessage::Update(update)),
+        )
+        .expect("ok");
+        let empty_sv = StateVector::default().encode_v1();
+        let fx = room
+            .handle(
+                2,
+                Access::ReadWrite,
+                Message::Sync(SyncMessage::Step1(empty_sv.into())),
+            )
+            .expect("ok");
+        assert_eq!(fx.reply.len(), 1);
+        match Message::decode(fx.reply[0].clone()).expect("decodes") {
+            Message::Sync(SyncMessage::Step2(u)) => assert_eq!(text_of(&u), "abc"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_update_is_an_error_and_leaves_the_room_intact() {
+        let mut room = Room::new(8);
+        let err = room.handle(
+            1,
+            Access::ReadWrite,
+            Message::Sync(SyncMessage::Update(Bytes::from_static(&[0xff, 0xff, 0xff]))),
+        );
+        assert!(matches!(err, Err(RoomError::Malformed { .. })));
+        assert_eq!(room.greeting().len(), 1);
+    }
+
+    #[test]
+    fn load_replays_snapshot_then_log_and_reports_corruption() {
+        let (doc, snap) = client_update(|d| {
+            let t = d.get_or_insert_text("t");
+            t.insert(&mut d.transact_mut(), 0, "ab");
+        });
+        let sv = doc.transact().state_vector();
+        {
+            let t = doc.get_or_insert_text("t");
+            t.insert(&mut doc.transact_mut(), 2, "c");
+        }
+        let tail: Bytes = doc.transact().encode_state_as_update_v1(&sv).into();
+        let stored = StoredRoom {
+            snapshot: Some(snap),
+            snapshot_seq: 3,
+            updates: vec![(4, tail)],
+        };
+        let mut room = Room::load(&stored, 8).expect("loads");
+        assert_eq!(text_of(&room.encode_state()), "abc");
+
+        let mut bad = stored.clone();
+        bad.updates.push((5, Bytes::from_static(&[0xde, 0xad])));
+        let err = Room::load(&bad, 8).err().expect("corrupt");
+        assert_eq!((err.what, err.seq), ("update", 5));
+    }
+
+    #[test]
+    fn awareness_is_echoed_to_all_and_removed_on_disconnect() {
+        let mut room = Room::new(8);
+        let payload = ripple_proto::awareness::encode_update([(42, 1, "{\"n\":1}")]);
+        let fx = room
+            .handle(7, Access::ReadOnly, Message::Awareness(payload))
+            .expect("ok");
+        assert!(fx.to_all.is_some(), "read-only clients may send presence");
+        assert_eq!(room.greeting().len(), 2);
+        let removal = room.disconnect(7).expect("removal");
+        match Message::decode(removal).expect("decodes") {
+            Message::Awareness(u) => {
+                let entries = decode_update(u).expect("decodes");
+                assert_eq!(entries.len(), 1);
+                assert!(entries[0].is_removal() && entries[0].client_id == 42);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(room.awareness_len(), 0);
+    }
+}

@@ -55,8 +55,23 @@ fn allowed(c: char) -> bool {
     c.is_ascii_alphanumeric()
         || matches!(
             c,
-            '-' | '.' | '_' | '~' | '!' | '$' | '&' | '\'' | '(' | ')' | '*' | '+' | ',' | ';' | '='
-                | ':' | '@' | '%'
+            '-' | '.'
+                | '_'
+                | '~'
+                | '!'
+                | '$'
+                | '&'
+                | '\''
+                | '('
+                | ')'
+                | '*'
+                | '+'
+                | ','
+                | ';'
+                | '='
+                | ':'
+                | '@'
+                | '%'
         )
 }
 
@@ -136,7 +151,10 @@ mod tests {
             "a#b",
         ];
         for room in cases {
-            assert!(RoomKey::new("main", room, 256).is_err(), "{room:?} accepted");
+            assert!(
+                RoomKey::new("main", room, 256).is_err(),
+                "{room:?} accepted"
+            );
         }
     }
 

@@ -39,7 +39,9 @@ impl StoredRoom {
 
     /// The highest sequence number stored (snapshot or log).
     pub fn last_seq(&self) -> u64 {
-        self.updates.last().map_or(self.snapshot_seq, |(seq, _)| *seq)
+        self.updates
+            .last()
+            .map_or(self.snapshot_seq, |(seq, _)| *seq)
     }
 }
 
@@ -168,7 +170,11 @@ impl Store for MemoryStore {
                 .map(|(key, stored)| RoomInfo {
                     key: key.clone(),
                     stored_bytes: stored.snapshot.as_ref().map_or(0, |s| s.len() as u64)
-                        + stored.updates.iter().map(|(_, u)| u.len() as u64).sum::<u64>(),
+                        + stored
+                            .updates
+                            .iter()
+                            .map(|(_, u)| u.len() as u64)
+                            .sum::<u64>(),
                     update_count: stored.updates.len() as u64,
                     last_change_ms: 0,
                 })
