@@ -1,1 +1,104 @@
-//! placeholder
+//! The Ripple server: an HTTP/WebSocket front ([`http`]), one connection task per socket
+//! ([`connection`]), one actor per loaded room ([`room`]) and a registry actor that starts and
+//! retires them ([`registry`]). The entry point is [`run`].
+
+pub mod auth;
+pub mod closer;
+pub mod config;
+mod connection;
+mod http;
+mod registry;
+mod room;
+pub mod stats;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use ripple_core::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use auth::{AllowAll, Authorize};
+pub use config::{Config, Durability, PersistMode};
+pub use stats::Stats;
+
+/// What every connection and room shares: configuration, storage, auth, counters, the
+/// shutdown signal. Read-only after start; no locks.
+pub(crate) struct ServerCtx {
+    pub(crate) config: Arc<Config>,
+    pub(crate) auth: Arc<dyn Authorize>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) registry: registry::Registry,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+/// The pieces a server is made of.
+pub struct Server {
+    /// Configuration.
+    pub config: Config,
+    /// Durable storage.
+    pub store: Arc<dyn Store>,
+    /// Upgrade-time authorization.
+    pub auth: Arc<dyn Authorize>,
+    /// Counters; pass your own to observe them from outside (tests do).
+    pub stats: Arc<Stats>,
+}
+
+impl Server {
+    /// A server with `config`, storage `store`, and everyone admitted.
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
+        Self {
+            config,
+            store,
+            auth: Arc::new(AllowAll),
+            stats: Arc::new(Stats::default()),
+        }
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then stops accepting, closes every
+    /// connection with 1001 "going away", lets rooms finish their writes and compaction, and
+    /// returns (after at most `shutdown_grace_secs` of draining).
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let token = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let config = Arc::new(self.config);
+        let env = Arc::new(room::RoomEnv {
+            config: config.clone(),
+            store: self.store,
+            stats: self.stats.clone(),
+            shutdown: token.clone(),
+        });
+        let ctx = Arc::new(ServerCtx {
+            config: config.clone(),
+            auth: self.auth,
+            stats: self.stats,
+            registry: registry::Registry::start(env, tracker.clone()),
+            shutdown: token.clone(),
+            tracker: tracker.clone(),
+        });
+        let app = http::router(ctx);
+        let signal_token = token.clone();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            info!("shutting down: closing connections");
+            signal_token.cancel();
+        });
+        serve.await?;
+        token.cancel();
+        tracker.close();
+        if tokio::time::timeout(config.shutdown_grace(), tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("shutdown grace period ended with work still running");
+        }
+        Ok(())
+    }
+}

@@ -1,1 +1,122 @@
-fn main() {}
+//! The `ripple` binary: `dev` and `serve` run the server; the other subcommands operate on
+//! stored rooms and tokens. Configuration layering lives in [`settings`].
+
+mod settings;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ripple_core::{MemoryStore, Store};
+use ripple_server::{Config, PersistMode, Server};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use settings::ServeArgs;
+
+/// Ripple: a real-time collaboration server for Yjs.
+///
+/// Unmodified y-websocket and y-partykit clients connect to ws://HOST:PORT/ROOM or
+/// ws://HOST:PORT/parties/main/ROOM.
+#[derive(Debug, Parser)]
+#[command(name = "ripple", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a local development server on 127.0.0.1:1999 with state in ./.ripple/.
+    Dev(ServeArgs),
+    /// Run the production server (settings from ripple.toml, RIPPLE_* variables and flags).
+    Serve(ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Dev(args) => runtime.block_on(serve(args, true)),
+        Command::Serve(args) => runtime.block_on(serve(args, false)),
+    }
+}
+
+fn init_logging(dev: bool) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RIPPLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if dev {
+        builder.compact().without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if config.persist == PersistMode::None || config.storage == "memory" {
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    warn!(
+        storage = %config.storage,
+        "durable storage is not wired in yet: state is kept in memory only"
+    );
+    Ok(Arc::new(MemoryStore::new()))
+}
+
+async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
+    init_logging(dev);
+    let config = settings::load(&args, dev)?;
+    let store = open_store(&config).await?;
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr().context("reading the bound address")?;
+    info!(
+        persist = ?config.persist,
+        storage = %config.storage,
+        data_dir = %config.data_dir.display(),
+        "ripple {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+    // The one line on stdout: scripts and tests wait for it.
+    println!("ripple listening on http://{local}");
+    std::io::stdout().flush().ok();
+    Server::new(config, store)
+        .run(listener, shutdown_signal())
+        .await
+        .context("serving")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM (`docker stop` sends SIGTERM).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

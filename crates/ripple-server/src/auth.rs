@@ -1,0 +1,70 @@
+//! The authorization seam at the HTTP upgrade: decided before the WebSocket is accepted and
+//! before the room is loaded. A rejection is a plain HTTP response.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use ripple_core::room::Access;
+use ripple_core::{BoxFuture, RoomKey};
+
+/// What the authorizer sees of an upgrade request.
+#[derive(Debug)]
+pub struct UpgradeRequest<'a> {
+    /// The room asked for.
+    pub key: &'a RoomKey,
+    /// The raw query string, if any.
+    pub query: Option<&'a str>,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+}
+
+/// An admitted connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    /// What the connection may do.
+    pub access: Access,
+    /// The authenticated user id, if any.
+    pub user: Option<String>,
+    /// A `Sec-WebSocket-Protocol` value to echo back, if the token came in that header.
+    pub subprotocol: Option<String>,
+}
+
+/// A refusal, sent as an HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// 401, 403 or 503.
+    pub status: StatusCode,
+    /// A short reason, sent as the body.
+    pub reason: String,
+}
+
+/// Decides whether an upgrade request may proceed.
+pub trait Authorize: Send + Sync + 'static {
+    /// Admits or rejects the request.
+    fn authorize<'a>(
+        &'a self,
+        req: &'a UpgradeRequest<'a>,
+    ) -> BoxFuture<'a, Result<Admission, Rejection>>;
+}
+
+/// Admits everyone with write access (`ripple dev`, or `serve` with no auth configured).
+#[derive(Debug, Default)]
+pub struct AllowAll;
+
+impl Authorize for AllowAll {
+    fn authorize<'a>(
+        &'a self,
+        _req: &'a UpgradeRequest<'a>,
+    ) -> BoxFuture<'a, Result<Admission, Rejection>> {
+        Box::pin(async {
+            Ok(Admission {
+                access: Access::ReadWrite,
+                user: None,
+                subprotocol: None,
+            })
+        })
+    }
+}
+
+/// A shared authorizer.
+pub type SharedAuthorize = Arc<dyn Authorize>;

@@ -1,0 +1,175 @@
+//! The one typed configuration of a Ripple server.
+//!
+//! Every key has a default; `ripple.toml`, `RIPPLE_*` environment variables and command-line
+//! flags override them in that order (the binary does the layering). `ripple.example.toml` at
+//! the repository root documents every key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How updates are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PersistMode {
+    /// Append updates while clients are connected; merge the log into one snapshot when the last
+    /// client leaves or the log outgrows `compact_after_bytes`.
+    #[default]
+    Snapshot,
+    /// Keep every update up to `history_max_bytes` / `history_max_updates`, then fold the oldest
+    /// into the snapshot.
+    History,
+    /// Keep nothing on disk.
+    None,
+}
+
+/// When an accepted update becomes visible to other clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Committed and synced to disk before it is broadcast.
+    #[default]
+    Strict,
+    /// Committed before it is broadcast, but the backend may sync lazily (SQLite
+    /// `synchronous=NORMAL`): an OS crash may lose the last moments, a process crash does not.
+    Relaxed,
+}
+
+/// Server configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind (0 picks a free one).
+    pub port: u16,
+    /// Where embedded state lives (SQLite database).
+    pub data_dir: PathBuf,
+    /// Storage backend: `sqlite` (in `data_dir`), `postgres://...`, or `memory`.
+    pub storage: String,
+    /// Persistence mode for every party without its own entry in `parties`.
+    pub persist: PersistMode,
+    /// Durability of accepted updates.
+    pub durability: Durability,
+    /// Snapshot mode: compact while clients stay connected once the log exceeds this many bytes.
+    pub compact_after_bytes: u64,
+    /// History mode: the most bytes of update log to keep before folding the oldest.
+    pub history_max_bytes: u64,
+    /// History mode: the most updates to keep before folding the oldest.
+    pub history_max_updates: u64,
+    /// Per-party overrides of `persist` (PartyKit's per-party `persist` option).
+    pub parties: std::collections::BTreeMap<String, PartyConfig>,
+    /// Largest WebSocket message accepted, in bytes (also the limit for reassembled
+    /// y-pk-batch messages). Larger ones close the connection with 1009.
+    pub max_message_bytes: usize,
+    /// Most connections one room holds; more are closed with 1013.
+    pub max_connections_per_room: usize,
+    /// Most rooms loaded at once; joins beyond it are closed with 1013.
+    pub max_rooms: usize,
+    /// Longest party or room id, in bytes.
+    pub max_room_id_len: usize,
+    /// Frames queued for one connection before it counts as too slow and is closed (1013);
+    /// the client reconnects and resyncs, so nothing is lost.
+    pub outbound_queue_frames: usize,
+    /// Messages queued for one room before connections sending to it wait (backpressure).
+    pub room_inbox: usize,
+    /// Most awareness client ids one connection may introduce.
+    pub max_awareness_per_conn: usize,
+    /// Seconds a room with no connections stays loaded.
+    pub room_linger_secs: f64,
+    /// Seconds between server pings.
+    pub ping_interval_secs: f64,
+    /// Seconds without any frame from a client before it is considered dead and closed.
+    pub idle_timeout_secs: f64,
+    /// Seconds the server waits for connections and rooms to finish on shutdown.
+    pub shutdown_grace_secs: f64,
+}
+
+/// Per-party settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartyConfig {
+    /// Persistence mode for this party.
+    pub persist: PersistMode,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1999,
+            data_dir: PathBuf::from(".ripple"),
+            storage: "sqlite".into(),
+            persist: PersistMode::Snapshot,
+            durability: Durability::Strict,
+            compact_after_bytes: 8 * 1024 * 1024,
+            history_max_bytes: 10 * 1024 * 1024,
+            history_max_updates: 100_000,
+            parties: Default::default(),
+            max_message_bytes: 32 * 1024 * 1024,
+            max_connections_per_room: 1024,
+            max_rooms: 10_000,
+            max_room_id_len: ripple_core::room_id::DEFAULT_MAX_ROOM_ID_LEN,
+            outbound_queue_frames: 1024,
+            room_inbox: 1024,
+            max_awareness_per_conn: 16,
+            room_linger_secs: 5.0,
+            ping_interval_secs: 15.0,
+            idle_timeout_secs: 45.0,
+            shutdown_grace_secs: 10.0,
+        }
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+impl Config {
+    /// The persistence mode of `party`.
+    pub fn persist_for(&self, party: &str) -> PersistMode {
+        self.parties.get(party).map_or(self.persist, |p| p.persist)
+    }
+
+    /// How long an empty room stays loaded.
+    pub fn room_linger(&self) -> Duration {
+        secs(self.room_linger_secs)
+    }
+
+    /// Interval between pings.
+    pub fn ping_interval(&self) -> Duration {
+        secs(self.ping_interval_secs)
+    }
+
+    /// Silence after which a connection is reaped.
+    pub fn idle_timeout(&self) -> Duration {
+        secs(self.idle_timeout_secs)
+    }
+
+    /// Bound on the shutdown drain.
+    pub fn shutdown_grace(&self) -> Duration {
+        secs(self.shutdown_grace_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let cfg: Config = toml_like(
+            r#"{"port": 8080, "persist": "history", "parties": {"scratch": {"persist": "none"}}}"#,
+        );
+        assert_eq!(cfg.port, 8080);
+        assert_eq!(cfg.persist_for("main"), PersistMode::History);
+        assert_eq!(cfg.persist_for("scratch"), PersistMode::None);
+        assert_eq!(cfg.max_message_bytes, Config::default().max_message_bytes);
+        assert!(serde_json::from_str::<Config>(r#"{"prot": 1}"#).is_err());
+    }
+
+    fn toml_like(json: &str) -> Config {
+        serde_json::from_str(json).expect("valid config")
+    }
+}

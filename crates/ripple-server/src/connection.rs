@@ -1,0 +1,251 @@
+//! One WebSocket connection: joins its room, then a reader loop (frames → messages → room
+//! inbox) and a writer task (room outbox → socket, plus pings). Either side, the room, or server
+//! shutdown can end it through the shared [`Closer`], which also carries the close code.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use ripple_core::awareness::ConnId;
+use ripple_core::room::Access;
+use ripple_core::RoomKey;
+use ripple_proto::batch::Reassembler;
+use ripple_proto::{DecodeError, Message};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::closer::{code, Closer};
+use crate::registry::RoomHandle;
+use crate::room::{JoinError, Outbox, RoomMsg};
+use crate::stats::{dec, inc};
+use crate::ServerCtx;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Serves one upgraded socket until it closes.
+pub(crate) async fn serve(socket: WebSocket, key: RoomKey, access: Access, ctx: Arc<ServerCtx>) {
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("conn", room = %key, conn);
+    inc(&ctx.stats.connections_total);
+    inc(&ctx.stats.connections_active);
+    serve_inner(socket, key, access, conn, &ctx)
+        .instrument(span)
+        .await;
+    dec(&ctx.stats.connections_active);
+}
+
+async fn serve_inner(
+    mut socket: WebSocket,
+    key: RoomKey,
+    access: Access,
+    conn: ConnId,
+    ctx: &Arc<ServerCtx>,
+) {
+    let (frames_tx, frames_rx) = mpsc::channel(ctx.config.outbound_queue_frames);
+    let closer = Closer::default();
+    let outbox = Outbox {
+        frames: frames_tx,
+        closer: closer.clone(),
+    };
+    let room = match join(ctx, &key, conn, access, outbox).await {
+        Ok(room) => room,
+        Err(e) => {
+            debug!(error = %e, "join refused");
+            let frame = CloseFrame {
+                code: e.close_code(),
+                reason: e.to_string().into(),
+            };
+            let _ = socket.send(WsMessage::Close(Some(frame))).await;
+            return;
+        }
+    };
+    let (sink, stream) = socket.split();
+    let writer =
+        tokio::spawn(write_loop(sink, frames_rx, closer.clone(), ctx.clone()).in_current_span());
+    read_loop(stream, &room, conn, &closer, ctx).await;
+    let _ = room.tx.send(RoomMsg::Leave { conn }).await;
+    closer.close(code::NORMAL, "");
+    let _ = writer.await;
+}
+
+/// Joins the room, retrying once or twice if the actor we were given was retiring.
+async fn join(
+    ctx: &ServerCtx,
+    key: &RoomKey,
+    conn: ConnId,
+    access: Access,
+    outbox: Outbox,
+) -> Result<RoomHandle, JoinError> {
+    for _ in 0..5 {
+        let room = ctx.registry.get(key.clone()).await?;
+        let (reply, rx) = oneshot::channel();
+        let msg = RoomMsg::Join {
+            conn,
+            access,
+            outbox: outbox.clone(),
+            reply,
+        };
+        if room.tx.send(msg).await.is_err() {
+            ctx.registry.gone(key.clone(), room.generation);
+            continue;
+        }
+        match rx.await {
+            Ok(Ok(())) => return Ok(room),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                ctx.registry.gone(key.clone(), room.generation);
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    Err(JoinError::LoadFailed(
+        "room kept retiring; try again".into(),
+    ))
+}
+
+async fn read_loop(
+    mut stream: SplitStream<WebSocket>,
+    room: &RoomHandle,
+    conn: ConnId,
+    closer: &Closer,
+    ctx: &ServerCtx,
+) {
+    let mut reassembler = Reassembler::new(ctx.config.max_message_bytes);
+    let idle = ctx.config.idle_timeout();
+    loop {
+        let next = tokio::select! {
+            _ = closer.closed() => return,
+            next = tokio::time::timeout(idle, stream.next()) => next,
+        };
+        let frame = match next {
+            Err(_) => {
+                closer.close(
+                    code::GOING_AWAY,
+                    "no message or pong within the idle timeout",
+                );
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(Err(e))) => {
+                if is_capacity_error(e) {
+                    closer.close(code::TOO_BIG, "message exceeds max_message_bytes");
+                }
+                return;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let assembled = match frame {
+            WsMessage::Binary(bytes) => reassembler.binary(bytes),
+            WsMessage::Text(text) => reassembler.text(text.as_str()),
+            WsMessage::Close(_) => return,
+            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+        };
+        let msg = match assembled.and_then(|frame| frame.map(Message::decode).transpose()) {
+            Ok(Some(msg)) => msg,
+            Ok(None) => continue,
+            Err(e) => {
+                inc(&ctx.stats.protocol_errors);
+                warn!(error = %e, "closing connection: malformed frame");
+                let code = match e {
+                    DecodeError::TooLarge { .. } => code::TOO_BIG,
+                    DecodeError::Batch(_) => code::UNSUPPORTED_DATA,
+                    _ => code::PROTOCOL_ERROR,
+                };
+                closer.close(code, e.to_string());
+                return;
+            }
+        };
+        let sent = tokio::select! {
+            _ = closer.closed() => return,
+            sent = room.tx.send(RoomMsg::Frame { conn, msg }) => sent,
+        };
+        if sent.is_err() {
+            closer.close(code::INTERNAL_ERROR, "room closed");
+            return;
+        }
+    }
+}
+
+fn is_capacity_error(e: axum::Error) -> bool {
+    e.into_inner()
+        .downcast_ref::<tungstenite::Error>()
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut frames: mpsc::Receiver<Bytes>,
+    closer: Closer,
+    ctx: Arc<ServerCtx>,
+) {
+    let mut ping = tokio::time::interval(ctx.config.ping_interval());
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    loop {
+        enum Step {
+            Frame(Bytes),
+            Ping,
+        }
+        let step = tokio::select! {
+            biased;
+            _ = closer.closed() => break,
+            _ = ctx.shutdown.cancelled() => {
+                closer.close(code::GOING_AWAY, "server shutting down");
+                break;
+            }
+            frame = frames.recv() => match frame {
+                Some(frame) => Step::Frame(frame),
+                None => {
+                    // The room dropped our outbox: it failed.
+                    closer.close(code::INTERNAL_ERROR, "room closed unexpectedly");
+                    break;
+                }
+            },
+            _ = ping.tick() => Step::Ping,
+        };
+        let io = async {
+            match step {
+                Step::Frame(frame) => write_batch(&mut sink, frame, &mut frames).await,
+                Step::Ping => sink.send(WsMessage::Ping(Bytes::new())).await,
+            }
+        };
+        // A client that stops reading blocks the write; the room then closes it through the
+        // closer, which must win over the stuck write.
+        let written = tokio::select! {
+            _ = closer.closed() => break,
+            written = io => written,
+        };
+        if written.is_err() {
+            closer.close(code::GOING_AWAY, "write failed");
+            return;
+        }
+    }
+    // Send the close frame, unless the socket is stuck (a client that stopped reading).
+    if let Some((code, reason)) = closer.reason() {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let send = sink.send(WsMessage::Close(Some(frame)));
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
+    }
+}
+
+/// Writes `first` and whatever else is already queued, then flushes once.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, WsMessage>,
+    first: Bytes,
+    frames: &mut mpsc::Receiver<Bytes>,
+) -> Result<(), axum::Error> {
+    sink.feed(WsMessage::Binary(first)).await?;
+    for _ in 0..64 {
+        match frames.try_recv() {
+            Ok(frame) => sink.feed(WsMessage::Binary(frame)).await?,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
+}

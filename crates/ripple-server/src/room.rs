@@ -1,0 +1,470 @@
+//! The room actor: one task per loaded room owns its [`Room`] (document and awareness) and the
+//! outboxes of its connections. Connections talk to it only through its bounded inbox.
+//!
+//! Each turn the actor takes every message waiting in its inbox (up to a batch limit), applies
+//! them in order, appends all resulting document updates to storage in one call and waits for
+//! that to be durable, and only then sends anything: replies, broadcasts, greetings. So an
+//! update another client has seen is always on disk (in strict durability), and many updates
+//! share one commit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ripple_core::awareness::ConnId;
+use ripple_core::room::{Access, Room};
+use ripple_core::{RoomKey, Store, StoredRoom};
+use ripple_proto::Message;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::closer::{code, Closer};
+use crate::config::{Config, PersistMode};
+use crate::stats::{inc, Stats};
+
+/// Most inbox messages handled in one turn (one storage commit).
+const MAX_BATCH: usize = 512;
+
+/// Where a room sends a connection's frames.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox {
+    pub(crate) frames: mpsc::Sender<Bytes>,
+    pub(crate) closer: Closer,
+}
+
+/// Why a join was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum JoinError {
+    #[error("room is full ({0} connections)")]
+    RoomFull(usize),
+    #[error("server holds the maximum of {0} rooms")]
+    TooManyRooms(usize),
+    #[error("room failed to load: {0}")]
+    LoadFailed(String),
+    #[error("server is shutting down")]
+    ShuttingDown,
+}
+
+impl JoinError {
+    pub(crate) fn close_code(&self) -> u16 {
+        match self {
+            JoinError::RoomFull(_) | JoinError::TooManyRooms(_) => code::TRY_AGAIN_LATER,
+            JoinError::LoadFailed(_) => code::INTERNAL_ERROR,
+            JoinError::ShuttingDown => code::GOING_AWAY,
+        }
+    }
+}
+
+/// A message to a room actor.
+#[derive(Debug)]
+pub(crate) enum RoomMsg {
+    Join {
+        conn: ConnId,
+        access: Access,
+        outbox: Outbox,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    },
+    Frame {
+        conn: ConnId,
+        msg: Message,
+    },
+    Leave {
+        conn: ConnId,
+    },
+}
+
+/// Everything a room actor needs from the server.
+pub(crate) struct RoomEnv {
+    pub(crate) config: Arc<Config>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+struct ConnState {
+    outbox: Outbox,
+    access: Access,
+    told_read_only: bool,
+}
+
+/// Where a frame goes when the turn's output is flushed.
+enum Target {
+    One(ConnId),
+    AllBut(ConnId),
+    All,
+}
+
+struct Actor {
+    key: RoomKey,
+    env: Arc<RoomEnv>,
+    persist: PersistMode,
+    room: Room,
+    conns: HashMap<ConnId, ConnState>,
+    /// Last sequence number stored for this room.
+    last_seq: u64,
+    /// Bytes appended since the last snapshot.
+    log_bytes: u64,
+    /// Updates appended since the last snapshot.
+    log_updates: u64,
+    /// A compaction running in the background, if any.
+    compaction: Option<tokio::task::JoinHandle<()>>,
+    out: Vec<(Target, Bytes)>,
+}
+
+/// Runs a room until it has been empty for the linger time (or the server shuts down and it
+/// empties), or its storage fails.
+pub(crate) async fn run(key: RoomKey, env: Arc<RoomEnv>, mut inbox: mpsc::Receiver<RoomMsg>) {
+    let persist = env.config.persist_for(key.party());
+    let loaded = load(&key, &env, persist).await;
+    let (room, stored_seq, log_bytes, log_updates) = match loaded {
+        Ok(v) => v,
+        Err(reason) => {
+            inc(&env.stats.room_load_failures);
+            error!(room = %key, %reason, "room failed to load; refusing its connections");
+            refuse_all(&mut inbox, JoinError::LoadFailed(reason)).await;
+            return;
+        }
+    };
+    inc(&env.stats.rooms_loaded);
+    debug!(room = %key, seq = stored_seq, "room loaded");
+    let mut actor = Actor {
+        key,
+        env,
+        persist,
+        room,
+        conns: HashMap::new(),
+        last_seq: stored_seq,
+        log_bytes,
+        log_updates,
+        compaction: None,
+        out: Vec::new(),
+    };
+    actor.run(&mut inbox).await;
+}
+
+type Loaded = (Room, u64, u64, u64);
+
+async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Loaded, String> {
+    let max_aw = env.config.max_awareness_per_conn;
+    if persist == PersistMode::None {
+        return Ok((Room::new(max_aw), 0, 0, 0));
+    }
+    let stored: StoredRoom = env.store.load(key).await.map_err(|e| e.to_string())?;
+    let seq = stored.last_seq();
+    let log_bytes = stored.updates.iter().map(|(_, u)| u.len() as u64).sum();
+    let log_updates = stored.updates.len() as u64;
+    // Decoding a large document is CPU work; keep it off the async workers.
+    let room = tokio::task::spawn_blocking(move || Room::load(&stored, max_aw))
+        .await
+        .map_err(|e| format!("load task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    Ok((room, seq, log_bytes, log_updates))
+}
+
+/// Answers every join waiting in the inbox with `err`, then closes the inbox.
+async fn refuse_all(inbox: &mut mpsc::Receiver<RoomMsg>, err: JoinError) {
+    inbox.close();
+    while let Some(msg) = inbox.recv().await {
+        if let RoomMsg::Join { reply, .. } = msg {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+}
+
+impl Actor {
+    async fn run(&mut self, inbox: &mut mpsc::Receiver<RoomMsg>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let first = if self.conns.is_empty() {
+                let linger = if self.env.shutdown.is_cancelled() {
+                    Duration::ZERO
+                } else {
+                    self.env.config.room_linger()
+                };
+                tokio::select! {
+                    msg = inbox.recv() => msg,
+                    _ = tokio::time::sleep(linger) => {
+                        if self.try_retire(inbox).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    _ = self.env.shutdown.cancelled(), if linger > Duration::ZERO => continue,
+                }
+            } else {
+                inbox.recv().await
+            };
+            let Some(first) = first else {
+                // Every sender is gone: the server is shutting down.
+                self.finish().await;
+                return;
+            };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match inbox.try_recv() {
+                    Ok(msg) => batch.push(msg),
+                    Err(_) => break,
+                }
+            }
+            if !self.turn(&mut batch).await {
+                // Storage failed: every connection was closed; unload so the next join reloads
+                // what is really on disk.
+                inbox.close();
+                refuse_all(inbox, JoinError::LoadFailed("storage failed".into())).await;
+                return;
+            }
+        }
+    }
+
+    /// One turn: apply the batch, persist, then deliver. Returns false if storage failed.
+    async fn turn(&mut self, batch: &mut Vec<RoomMsg>) -> bool {
+        let mut updates = Vec::new();
+        for msg in batch.drain(..) {
+            match msg {
+                RoomMsg::Join {
+                    conn,
+                    access,
+                    outbox,
+                    reply,
+                } => self.join(conn, access, outbox, reply),
+                RoomMsg::Frame { conn, msg } => {
+                    if let Some(update) = self.frame(conn, msg) {
+                        updates.push(update);
+                    }
+                }
+                RoomMsg::Leave { conn } => self.leave(conn),
+            }
+        }
+        if !updates.is_empty() {
+            let count = updates.len() as u64;
+            let bytes: u64 = updates.iter().map(|u| u.len() as u64).sum();
+            if self.persist != PersistMode::None {
+                match self.env.store.append(&self.key, updates).await {
+                    Ok(seq) => self.last_seq = seq,
+                    Err(e) => {
+                        inc(&self.env.stats.store_failures);
+                        error!(room = %self.key, error = %e, "append failed; closing the room");
+                        self.out.clear();
+                        for (_, c) in self.conns.drain() {
+                            c.outbox
+                                .closer
+                                .close(code::INTERNAL_ERROR, "storage unavailable; retry later");
+                        }
+                        return false;
+                    }
+                }
+            }
+            self.env
+                .stats
+                .updates_applied
+                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+            self.log_bytes += bytes;
+            self.log_updates += count;
+        }
+        self.flush();
+        self.maybe_compact(false);
+        true
+    }
+
+    fn join(
+        &mut self,
+        conn: ConnId,
+        access: Access,
+        outbox: Outbox,
+        reply: oneshot::Sender<Result<(), JoinError>>,
+    ) {
+        let max = self.env.config.max_connections_per_room;
+        if self.conns.len() >= max {
+            let _ = reply.send(Err(JoinError::RoomFull(max)));
+            return;
+        }
+        if reply.send(Ok(())).is_err() {
+            return; // the connection gave up waiting
+        }
+        for frame in self.room.greeting() {
+            self.out.push((Target::One(conn), frame));
+        }
+        self.conns.insert(
+            conn,
+            ConnState {
+                outbox,
+                access,
+                told_read_only: false,
+            },
+        );
+    }
+
+    /// Handles one message; returns the document update to persist, if any.
+    fn frame(&mut self, conn: ConnId, msg: Message) -> Option<Bytes> {
+        let access = self.conns.get(&conn)?.access;
+        match self.room.handle(conn, access, msg) {
+            Ok(fx) => {
+                if fx.denied {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        if !c.told_read_only {
+                            c.told_read_only = true;
+                            let deny = Message::AuthDenied(
+                                "read-only access: document updates are refused".into(),
+                            );
+                            self.out.push((Target::One(conn), deny.encode()));
+                        }
+                    }
+                }
+                for frame in fx.reply {
+                    self.out.push((Target::One(conn), frame));
+                }
+                if let Some(frame) = fx.to_others {
+                    self.out.push((Target::AllBut(conn), frame));
+                }
+                if let Some(frame) = fx.to_all {
+                    self.out.push((Target::All, frame));
+                }
+                fx.update
+            }
+            Err(e) => {
+                inc(&self.env.stats.protocol_errors);
+                warn!(room = %self.key, conn, error = %e, "closing connection: bad message");
+                if let Some(c) = self.conns.get(&conn) {
+                    c.outbox.closer.close(code::PROTOCOL_ERROR, e.to_string());
+                }
+                self.leave(conn);
+                None
+            }
+        }
+    }
+
+    fn leave(&mut self, conn: ConnId) {
+        if self.conns.remove(&conn).is_some() {
+            if let Some(frame) = self.room.disconnect(conn) {
+                self.out.push((Target::All, frame));
+            }
+        }
+    }
+
+    /// Delivers the turn's frames. A connection whose queue is full is closed (it reconnects
+    /// and resyncs); nothing is dropped silently.
+    fn flush(&mut self) {
+        while !self.out.is_empty() {
+            let out = std::mem::take(&mut self.out);
+            let mut slow = Vec::new();
+            for (target, frame) in out {
+                match target {
+                    Target::One(id) => {
+                        if let Some(c) = self.conns.get(&id) {
+                            if !deliver(&self.env.stats, c, &frame) {
+                                slow.push(id);
+                            }
+                        }
+                    }
+                    Target::AllBut(skip) => {
+                        for (id, c) in &self.conns {
+                            if *id != skip && !deliver(&self.env.stats, c, &frame) {
+                                slow.push(*id);
+                            }
+                        }
+                    }
+                    Target::All => {
+                        for (id, c) in &self.conns {
+                            if !deliver(&self.env.stats, c, &frame) {
+                                slow.push(*id);
+                            }
+                        }
+                    }
+                }
+            }
+            slow.sort_unstable();
+            slow.dedup();
+            for id in slow {
+                if let Some(c) = self.conns.get(&id) {
+                    inc(&self.env.stats.slow_consumer_closes);
+                    info!(room = %self.key, conn = id, "closing a connection that reads too slowly");
+                    c.outbox.closer.close(
+                        code::TRY_AGAIN_LATER,
+                        "outbound queue full; reconnect to resync",
+                    );
+                }
+                // May queue an awareness removal: the loop delivers it.
+                self.leave(id);
+            }
+        }
+    }
+
+    /// Starts a background compaction when the mode asks for one (`force`: the room emptied).
+    fn maybe_compact(&mut self, force: bool) {
+        if self.persist == PersistMode::None || self.log_updates == 0 {
+            return;
+        }
+        if self.compaction.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let cfg = &self.env.config;
+        let due = match self.persist {
+            PersistMode::Snapshot => force || self.log_bytes > cfg.compact_after_bytes,
+            PersistMode::History => {
+                self.log_bytes > cfg.history_max_bytes || self.log_updates > cfg.history_max_updates
+            }
+            PersistMode::None => false,
+        };
+        if !due {
+            return;
+        }
+        let snapshot = self.room.encode_state();
+        let through = self.last_seq;
+        let (store, stats, key) = (
+            self.env.store.clone(),
+            self.env.stats.clone(),
+            self.key.clone(),
+        );
+        self.log_bytes = 0;
+        self.log_updates = 0;
+        self.compaction = Some(tokio::spawn(async move {
+            match store.compact(&key, snapshot, through).await {
+                Ok(()) => {
+                    inc(&stats.compactions);
+                    debug!(room = %key, through, "compacted");
+                }
+                // The log is still complete; the next compaction covers it.
+                Err(e) => warn!(room = %key, error = %e, "compaction failed"),
+            }
+        }));
+    }
+
+    /// The room has been empty for the linger time: compact and unload unless someone joined
+    /// meanwhile. Returns true when the actor should exit.
+    async fn try_retire(&mut self, inbox: &mut mpsc::Receiver<RoomMsg>) -> bool {
+        self.finish().await;
+        if !inbox.is_empty() {
+            return false;
+        }
+        // Joins that raced in between are refused without a reply; the connection asks the
+        // registry again and gets a fresh actor that loads what we just stored.
+        inbox.close();
+        while let Ok(msg) = inbox.try_recv() {
+            drop(msg);
+        }
+        true
+    }
+
+    /// Final compaction, awaited.
+    async fn finish(&mut self) {
+        self.maybe_compact(true);
+        if let Some(handle) = self.compaction.take() {
+            let _ = handle.await;
+        }
+    }
+}
+
+fn deliver(stats: &Stats, c: &ConnState, frame: &Bytes) -> bool {
+    match c.outbox.frames.try_send(frame.clone()) {
+        Ok(()) => {
+            inc(&stats.frames_sent);
+            true
+        }
+        Err(TrySendError::Full(_)) => false,
+        // The connection is already gone; its Leave is on the way.
+        Err(TrySendError::Closed(_)) => true,
+    }
+}

@@ -1,0 +1,94 @@
+//! Process-wide counters, exported at `/metrics` in the Prometheus text format. Plain atomics:
+//! no lock is shared between connections or rooms.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Counters and gauges of one server.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Rooms loaded since start (each load reads storage once).
+    pub rooms_loaded: AtomicU64,
+    /// Rooms in memory now.
+    pub rooms_active: AtomicU64,
+    /// Room loads that failed (corrupt data, storage down).
+    pub room_load_failures: AtomicU64,
+    /// Open WebSocket connections now.
+    pub connections_active: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Connections closed for a protocol error.
+    pub protocol_errors: AtomicU64,
+    /// Connections closed because their outbound queue was full.
+    pub slow_consumer_closes: AtomicU64,
+    /// Document updates that changed a room (and were persisted).
+    pub updates_applied: AtomicU64,
+    /// Frames queued to connections.
+    pub frames_sent: AtomicU64,
+    /// Appends that failed (storage unavailable).
+    pub store_failures: AtomicU64,
+    /// Compactions completed.
+    pub compactions: AtomicU64,
+}
+
+/// Increments a counter.
+pub(crate) fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Relaxed);
+}
+
+/// Decrements a gauge.
+pub(crate) fn dec(c: &AtomicU64) {
+    c.fetch_sub(1, Relaxed);
+}
+
+impl Stats {
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let rows: [(&str, &str, &AtomicU64); 11] = [
+            ("ripple_rooms_loaded_total", "counter", &self.rooms_loaded),
+            ("ripple_rooms_active", "gauge", &self.rooms_active),
+            (
+                "ripple_room_load_failures_total",
+                "counter",
+                &self.room_load_failures,
+            ),
+            (
+                "ripple_connections_active",
+                "gauge",
+                &self.connections_active,
+            ),
+            (
+                "ripple_connections_total",
+                "counter",
+                &self.connections_total,
+            ),
+            (
+                "ripple_protocol_errors_total",
+                "counter",
+                &self.protocol_errors,
+            ),
+            (
+                "ripple_slow_consumer_closes_total",
+                "counter",
+                &self.slow_consumer_closes,
+            ),
+            (
+                "ripple_updates_applied_total",
+                "counter",
+                &self.updates_applied,
+            ),
+            ("ripple_frames_sent_total", "counter", &self.frames_sent),
+            (
+                "ripple_store_failures_total",
+                "counter",
+                &self.store_failures,
+            ),
+            ("ripple_compactions_total", "counter", &self.compactions),
+        ];
+        let mut out = String::new();
+        for (name, kind, value) in rows {
+            let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", value.load(Relaxed));
+        }
+        out
+    }
+}
