@@ -228,7 +228,12 @@ fn lock(state: &Mutex<Observed>) -> std::sync::MutexGuard<'_, Observed> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn handle(doc: &Doc, state: &Mutex<Observed>, out: &mpsc::UnboundedSender<WsMessage>, frame: Bytes) {
+fn handle(
+    doc: &Doc,
+    state: &Mutex<Observed>,
+    out: &mpsc::UnboundedSender<WsMessage>,
+    frame: Bytes,
+) {
     let mut s = lock(state);
     s.messages += 1;
     let msg = match Message::decode(frame) {
@@ -240,8 +245,8 @@ fn handle(doc: &Doc, state: &Mutex<Observed>, out: &mpsc::UnboundedSender<WsMess
     };
     match msg {
         Message::Sync(SyncMessage::Step1(sv)) => {
-            let diff = StateVector::decode_v1(&sv)
-                .map(|sv| doc.transact().encode_state_as_update_v1(&sv));
+            let diff =
+                StateVector::decode_v1(&sv).map(|sv| doc.transact().encode_state_as_update_v1(&sv));
             match diff {
                 Ok(diff) => {
                     let _ = out.send(binary(Message::Sync(SyncMessage::Step2(diff.into()))));
@@ -277,7 +282,11 @@ fn handle(doc: &Doc, state: &Mutex<Observed>, out: &mpsc::UnboundedSender<WsMess
 fn apply(doc: &Doc, s: &mut Observed, update: &[u8]) -> bool {
     let applied = Update::decode_v1(update)
         .map_err(|e| e.to_string())
-        .and_then(|u| doc.transact_mut().apply_update(u).map_err(|e| e.to_string()));
+        .and_then(|u| {
+            doc.transact_mut()
+                .apply_update(u)
+                .map_err(|e| e.to_string())
+        });
     match applied {
         Ok(()) => {
             s.updates += 1;

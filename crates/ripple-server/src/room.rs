@@ -124,7 +124,16 @@ pub(crate) async fn run(key: RoomKey, env: Arc<RoomEnv>, mut inbox: mpsc::Receiv
         Err(reason) => {
             inc(&env.stats.room_load_failures);
             error!(room = %key, %reason, "room failed to load; refusing its connections");
-            refuse_all(&mut inbox, JoinError::LoadFailed(reason)).await;
+            // Stay a while to answer joins with the reason (and to keep reconnecting clients
+            // from turning into a reload storm), then retire.
+            let err = JoinError::LoadFailed(reason);
+            let linger = env.config.room_linger().max(Duration::from_secs(1));
+            while let Ok(Some(msg)) = tokio::time::timeout(linger, inbox.recv()).await {
+                if let RoomMsg::Join { reply, .. } = msg {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+            refuse_all(&mut inbox, err).await;
             return;
         }
     };

@@ -1,0 +1,545 @@
+//! End-to-end tests: a real server on port 0, real WebSocket clients speaking y-websocket.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use ripple_client::Client;
+use ripple_core::room::Access;
+use ripple_core::{BoxFuture, MemoryStore, RoomInfo, RoomKey, Store, StoreError, StoredRoom};
+use ripple_proto::{Message, SyncMessage};
+use ripple_server::auth::{Admission, Rejection, UpgradeRequest};
+use ripple_server::{Authorize, Config};
+use tokio_tungstenite::tungstenite::protocol::Message as WsMessage;
+
+#[tokio::test]
+async fn two_clients_converge_and_a_late_joiner_gets_everything() {
+    let server = start(test_config()).await;
+    let mut a = server.client("doc-1").await;
+    let mut b = server.client("doc-1").await;
+    insert_text(&a, 0, "hello");
+    wait_text(&mut b, "hello").await;
+    insert_text(&b, 5, " world");
+    wait_text(&mut a, "hello world").await;
+    drop(a);
+    drop(b);
+    let c = server.client("doc-1").await;
+    assert_eq!(text(&c), "hello world");
+    assert_eq!(server.stat(|s| &s.rooms_loaded), 1);
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn party_paths_and_plain_paths_address_the_same_main_room() {
+    let server = start(test_config()).await;
+    let mut a = Client::connect(&server.party_url("main", "shared"))
+        .await
+        .expect("connect");
+    a.synced(WAIT).await.expect("synced");
+    let mut b = server.client("shared").await;
+    insert_text(&a, 0, "x");
+    wait_text(&mut b, "x").await;
+    // Another party is another room.
+    let mut other = Client::connect(&server.party_url("other", "shared"))
+        .await
+        .expect("connect");
+    other.synced(WAIT).await.expect("synced");
+    assert_eq!(text(&other), "");
+}
+
+#[tokio::test]
+async fn rooms_sharing_a_prefix_are_isolated() {
+    let server = start(test_config()).await;
+    let doc = server.client("doc").await;
+    let mut doc1 = server.client("doc-1").await;
+    let mut doc10 = server.client("doc-10").await;
+    insert_text(&doc, 0, "A");
+    insert_text(&doc1, 0, "B");
+    insert_text(&doc10, 0, "C");
+    wait_text(&mut doc1, "B").await;
+    wait_text(&mut doc10, "C").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(text(&doc), "A");
+    assert_eq!(text(&doc1), "B");
+    assert_eq!(text(&doc10), "C");
+}
+
+#[tokio::test]
+async fn awareness_is_echoed_propagated_and_cleaned_up_after_clean_and_abrupt_close() {
+    let server = start(test_config()).await;
+    let mut a = server.client("aw").await;
+    let mut b = server.client("aw").await;
+    let a_id = a.doc().client_id().get();
+    a.set_awareness(r#"{"user":"a"}"#).expect("send");
+    a.wait_for("echo", WAIT, |o, _| o.awareness.contains_key(&a_id))
+        .await
+        .expect("sender gets its own awareness echoed");
+    b.wait_for("propagation", WAIT, |o, _| o.awareness.contains_key(&a_id))
+        .await
+        .expect("peer sees awareness");
+
+    // Clean close.
+    a.close();
+    b.wait_for("removal", WAIT, |o, _| !o.awareness.contains_key(&a_id))
+        .await
+        .expect("removed after clean close");
+
+    // Abrupt: dropping the client aborts its task and the TCP socket without a close frame.
+    let mut c = server.client("aw").await;
+    let c_id = c.doc().client_id().get();
+    c.set_awareness(r#"{"user":"c"}"#).expect("send");
+    b.wait_for("c", WAIT, |o, _| o.awareness.contains_key(&c_id))
+        .await
+        .expect("peer sees c");
+    c.wait_for("c echo", WAIT, |o, _| o.awareness.contains_key(&c_id))
+        .await
+        .expect("echo");
+    drop(c);
+    b.wait_for("c removal", WAIT, |o, _| !o.awareness.contains_key(&c_id))
+        .await
+        .expect("removed after abrupt close");
+}
+
+#[tokio::test]
+async fn new_connections_get_current_awareness_and_query_awareness_is_answered() {
+    let server = start(test_config()).await;
+    let mut a = server.client("q").await;
+    let a_id = a.doc().client_id().get();
+    a.set_awareness(r#"{"n":1}"#).expect("send");
+    a.wait_for("echo", WAIT, |o, _| o.awareness.contains_key(&a_id))
+        .await
+        .expect("echo");
+    let mut b = server.client("q").await;
+    b.wait_for("greeting awareness", WAIT, |o, _| {
+        o.awareness.contains_key(&a_id)
+    })
+    .await
+    .expect("greeting carries awareness");
+    let before = b.observed().messages;
+    b.send(Message::QueryAwareness).expect("send");
+    b.wait_for("query answer", WAIT, |o, _| o.messages > before)
+        .await
+        .expect("answer");
+}
+
+async fn expect_close(server: &TestServer, room: &str, frame: WsMessage) -> (u16, String) {
+    let mut bad = Client::connect(&server.url(room)).await.expect("connect");
+    bad.synced(WAIT).await.expect("synced");
+    bad.send_raw(frame).expect("send");
+    bad.wait_closed(WAIT).await.expect("closed")
+}
+
+#[tokio::test]
+async fn malformed_frames_close_only_the_offender() {
+    let server = start(test_config()).await;
+    let a = server.client("m").await;
+    let mut b = server.client("m").await;
+    let cases: Vec<(WsMessage, u16)> = vec![
+        (
+            WsMessage::Binary(Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef, 0x01])),
+            1002,
+        ),
+        (WsMessage::Binary(Bytes::from_static(&[0x00, 0x80])), 1002),
+        (WsMessage::Binary(Bytes::from_static(&[0x63])), 1002),
+        (
+            WsMessage::Binary(
+                Message::Sync(SyncMessage::Update(Bytes::from_static(&[1, 2, 3]))).encode(),
+            ),
+            1002,
+        ),
+        (WsMessage::Text("hello".into()), 1003),
+    ];
+    for (i, (frame, want)) in cases.into_iter().enumerate() {
+        let (code, reason) = expect_close(&server, "m", frame).await;
+        assert_eq!(code, want, "case {i}: reason {reason}");
+        assert!(!reason.is_empty(), "case {i}: a reason is given");
+        insert_text(&a, 0, &i.to_string());
+        let want_text = text(&a);
+        wait_text(&mut b, &want_text).await;
+    }
+    assert!(a.observed().closed.is_none() && b.observed().closed.is_none());
+    assert_eq!(server.stat(|s| &s.protocol_errors), 5);
+}
+
+#[tokio::test]
+async fn chunked_y_pk_batch_messages_are_reassembled() {
+    let server = start(test_config()).await;
+    let mut reader = server.client("big").await;
+    let writer = server.client("big").await;
+    // Build a 2.5 MB update, then send it the way y-partykit does: start marker, 1 MB chunks,
+    // end marker.
+    let big = "x".repeat(2_500_000);
+    let doc = yrs::Doc::new();
+    let t = doc.get_or_insert_text("t");
+    let update = {
+        use yrs::Text;
+        let mut txn = yrs::Transact::transact_mut(&doc);
+        t.insert(&mut txn, 0, &big);
+        txn.encode_update_v1()
+    };
+    let frame = Message::Sync(SyncMessage::Update(update.into())).encode();
+    let chunks: Vec<Bytes> = frame
+        .chunks(1_000_000)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let marker = |kind: &str| {
+        format!(
+            r#"y-pk-batch#{{"id":"b1","type":"{kind}","size":{},"count":{}}}"#,
+            frame.len(),
+            chunks.len()
+        )
+    };
+    writer
+        .send_raw(WsMessage::Text(marker("start").into()))
+        .expect("send");
+    for chunk in &chunks {
+        writer
+            .send_raw(WsMessage::Binary(chunk.clone()))
+            .expect("send");
+    }
+    writer
+        .send_raw(WsMessage::Text(marker("end").into()))
+        .expect("send");
+    wait_text(&mut reader, &big).await;
+}
+
+#[tokio::test]
+async fn oversized_messages_close_with_1009() {
+    let config = Config {
+        max_message_bytes: 64 * 1024,
+        ..test_config()
+    };
+    let server = start(config).await;
+    let frame = WsMessage::Binary(Bytes::from(vec![0u8; 100 * 1024]));
+    let (code, _) = expect_close(&server, "o", frame).await;
+    assert_eq!(code, 1009);
+    // A y-pk-batch announcing too much is refused before any chunk is buffered.
+    let marker = r#"y-pk-batch#{"id":"z","type":"start","size":99999999,"count":100}"#;
+    let (code, _) = expect_close(&server, "o", WsMessage::Text(marker.into())).await;
+    assert_eq!(code, 1009);
+}
+
+#[tokio::test]
+async fn hostile_room_ids_are_refused_before_upgrade() {
+    let server = start(test_config()).await;
+    for path in [
+        "..",
+        "a%2F..",
+        "%00",
+        "parties/main/..",
+        "a\\b",
+        &"a".repeat(300),
+    ] {
+        let url = format!("ws://{}/{}", server.addr, path);
+        let res = Client::connect(&url).await;
+        // Raw segments with escapes are opaque ids (PartyKit does not decode them either): they
+        // name a room and nothing else. Everything else is refused.
+        if path.contains('%') {
+            assert!(res.is_ok(), "{path} should be accepted as an opaque id");
+        } else {
+            let err = res.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("400"), "{path}: {err}");
+        }
+    }
+    server
+        .wait_stat("the two opaque ids loaded", |s| &s.rooms_loaded, |n| n == 2)
+        .await;
+}
+
+#[tokio::test]
+async fn concurrent_first_joins_load_the_room_once() {
+    let server = Arc::new(start(test_config()).await);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = server.client("cold").await;
+            insert_text(&c, 0, &format!("[{i}]"));
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.expect("task"));
+    }
+    assert_eq!(server.stat(|s| &s.rooms_loaded), 1);
+    // Everyone converges on the same 20 inserts.
+    for c in &mut clients {
+        c.wait_for("all inserts", WAIT, |_, doc| {
+            let t = doc.get_or_insert_text("t");
+            let txn = yrs::Transact::transact(doc);
+            yrs::GetString::get_string(&t, &txn).matches('[').count() == 20
+        })
+        .await
+        .expect("converged");
+    }
+    let first = text(&clients[0]);
+    assert!(clients.iter().all(|c| text(c) == first));
+}
+
+#[tokio::test]
+async fn room_full_closes_with_try_again_later() {
+    let config = Config {
+        max_connections_per_room: 2,
+        ..test_config()
+    };
+    let server = start(config).await;
+    let _a = server.client("full").await;
+    let _b = server.client("full").await;
+    let mut c = Client::connect(&server.url("full")).await.expect("connect");
+    let (code, reason) = c.wait_closed(WAIT).await.expect("closed");
+    assert_eq!(code, 1013, "{reason}");
+    // Another room is unaffected.
+    let _d = server.client("not-full").await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_and_others_get_everything() {
+    let config = Config {
+        outbound_queue_frames: 32,
+        ..test_config()
+    };
+    let server = start(config).await;
+    let writer = server.client("slow").await;
+    let mut good = server.client("slow").await;
+    // A raw socket that never reads after the handshake.
+    let (stuck, _) = tokio_tungstenite::connect_async(server.url("slow"))
+        .await
+        .expect("connect");
+    let chunk = "y".repeat(64 * 1024);
+    // ~19 MB in all: more than the socket buffers plus the 32-frame queue hold. The writer
+    // paces itself on the reading client, which therefore never falls behind.
+    let rounds = 300;
+    for i in 0..rounds {
+        insert_text(&writer, (i * chunk.len()) as u32, &chunk);
+        let want = (i + 1) * chunk.len();
+        good.wait_for("update", WAIT, |_, doc| {
+            let t = doc.get_or_insert_text("t");
+            let txn = yrs::Transact::transact(doc);
+            yrs::Text::len(&t, &txn) as usize == want
+        })
+        .await
+        .expect("the reading client gets every update");
+    }
+    server
+        .wait_stat(
+            "slow consumer close",
+            |s| &s.slow_consumer_closes,
+            |n| n >= 1,
+        )
+        .await;
+    assert_eq!(server.stat(|s| &s.slow_consumer_closes), 1);
+    drop(stuck);
+}
+
+#[tokio::test]
+async fn empty_rooms_are_unloaded_after_the_linger() {
+    let server = start(test_config()).await;
+    for i in 0..10 {
+        let c = server.client(&format!("linger-{i}")).await;
+        insert_text(&c, 0, "content");
+        server
+            .wait_stat("update applied", |s| &s.updates_applied, |n| n == i + 1)
+            .await;
+    }
+    server
+        .wait_stat("rooms unloaded", |s| &s.rooms_active, |n| n == 0)
+        .await;
+    // State came back from the store when reloaded.
+    let c = server.client("linger-3").await;
+    assert_eq!(text(&c), "content");
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_with_going_away() {
+    let server = start(test_config()).await;
+    let mut a = server.client("bye").await;
+    server.stop().await.expect("run returns Ok");
+    let (code, _) = a.wait_closed(WAIT).await.expect("closed");
+    assert_eq!(code, 1001);
+}
+
+/// Admits `ro-*` read-only, rejects `deny-*` with 401, everything else read-write.
+struct TestAuth;
+
+impl Authorize for TestAuth {
+    fn authorize<'a>(
+        &'a self,
+        req: &'a UpgradeRequest<'a>,
+    ) -> BoxFuture<'a, Result<Admission, Rejection>> {
+        let room = req.key.room().to_owned();
+        let readonly = req.query.is_some_and(|q| q.contains("readonly"));
+        Box::pin(async move {
+            if room.starts_with("deny") {
+                return Err(Rejection {
+                    status: axum::http::StatusCode::UNAUTHORIZED,
+                    reason: "bad token".into(),
+                });
+            }
+            Ok(Admission {
+                access: if readonly {
+                    Access::ReadOnly
+                } else {
+                    Access::ReadWrite
+                },
+                user: None,
+                subprotocol: None,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn rejected_upgrades_get_http_errors_and_load_nothing() {
+    let server = start_with(
+        test_config(),
+        Arc::new(MemoryStore::new()),
+        Some(Arc::new(TestAuth)),
+    )
+    .await;
+    let err = Client::connect(&server.url("deny-1"))
+        .await
+        .err()
+        .expect("rejected");
+    assert!(err.to_string().contains("401"), "{err}");
+    assert_eq!(server.stat(|s| &s.rooms_loaded), 0);
+    assert_eq!(server.stat(|s| &s.connections_total), 0);
+}
+
+#[tokio::test]
+async fn read_only_clients_cannot_change_the_document() {
+    let server = start_with(
+        test_config(),
+        Arc::new(MemoryStore::new()),
+        Some(Arc::new(TestAuth)),
+    )
+    .await;
+    let mut rw = server.client("ro-room").await;
+    let mut ro = Client::connect(&format!("{}?readonly=1", server.url("ro-room")))
+        .await
+        .expect("connect");
+    ro.synced(WAIT).await.expect("synced");
+    insert_text(&ro, 0, "sneaky");
+    ro.wait_for("denied", WAIT, |o, _| !o.denied.is_empty())
+        .await
+        .expect("told it is read-only");
+    insert_text(&rw, 0, "ok");
+    // The read-only client sees rw's edit; rw never sees the read-only one.
+    ro.wait_for("rw edit", WAIT, |_, doc| {
+        let t = doc.get_or_insert_text("t");
+        let txn = yrs::Transact::transact(doc);
+        yrs::GetString::get_string(&t, &txn).contains("ok")
+    })
+    .await
+    .expect("read-only client receives updates");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(text(&rw), "ok");
+    let stored = server
+        .store
+        .load(&RoomKey::new("main", "ro-room", 64).expect("key"))
+        .await
+        .expect("load");
+    assert_eq!(
+        stored.updates.len(),
+        1,
+        "only the read-write edit is stored"
+    );
+    let _ = &mut rw;
+}
+
+/// A store that fails or panics on demand, to test isolation.
+struct FaultyStore {
+    inner: MemoryStore,
+}
+
+impl Store for FaultyStore {
+    fn load<'a>(&'a self, room: &'a RoomKey) -> BoxFuture<'a, Result<StoredRoom, StoreError>> {
+        if room.room() == "corrupt" {
+            return Box::pin(async {
+                Err(StoreError::Corrupt {
+                    room: "main/corrupt".into(),
+                    detail: "checksum mismatch".into(),
+                })
+            });
+        }
+        self.inner.load(room)
+    }
+    fn append<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        updates: Vec<Bytes>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        match room.room() {
+            "panics" => panic!("injected panic in room {room}"),
+            "disk-full" => Box::pin(async { Err(StoreError::Unavailable("disk full".into())) }),
+            _ => self.inner.append(room, updates),
+        }
+    }
+    fn compact<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        snapshot: Bytes,
+        through_seq: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.compact(room, snapshot, through_seq)
+    }
+    fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
+        self.inner.list()
+    }
+}
+
+async fn faulty_server() -> TestServer {
+    let store = Arc::new(FaultyStore {
+        inner: MemoryStore::new(),
+    });
+    start_with(test_config(), store, None).await
+}
+
+#[tokio::test]
+async fn a_panicking_room_closes_its_connections_and_spares_others() {
+    let server = faulty_server().await;
+    let mut healthy_a = server.client("healthy").await;
+    let mut healthy_b = server.client("healthy").await;
+    let mut victim = server.client("panics").await;
+    insert_text(&victim, 0, "boom");
+    let (code, _) = victim.wait_closed(WAIT).await.expect("closed");
+    assert_eq!(code, 1011);
+    insert_text(&healthy_a, 0, "still fine");
+    wait_text(&mut healthy_b, "still fine").await;
+    assert!(healthy_a.observed().closed.is_none());
+    let _ = &mut healthy_a;
+}
+
+#[tokio::test]
+async fn a_failed_commit_closes_the_room_and_nothing_is_broadcast() {
+    let server = faulty_server().await;
+    let mut writer = server.client("disk-full").await;
+    let mut peer = server.client("disk-full").await;
+    insert_text(&writer, 0, "lost?");
+    let (code, reason) = writer.wait_closed(WAIT).await.expect("closed");
+    assert_eq!(code, 1011, "{reason}");
+    let (code, _) = peer.wait_closed(WAIT).await.expect("closed");
+    assert_eq!(code, 1011);
+    assert_eq!(
+        text(&peer),
+        "",
+        "an update that was not stored is never broadcast"
+    );
+    assert_eq!(server.stat(|s| &s.store_failures), 1);
+}
+
+#[tokio::test]
+async fn a_room_that_fails_to_load_refuses_with_a_reason_and_others_work() {
+    let server = faulty_server().await;
+    let mut c = Client::connect(&server.url("corrupt"))
+        .await
+        .expect("connect");
+    let (code, reason) = c.wait_closed(WAIT).await.expect("closed");
+    assert_eq!(code, 1011);
+    assert!(reason.contains("corrupt"), "{reason}");
+    let _ok = server.client("fine").await;
+    assert!(server.stat(|s| &s.room_load_failures) >= 1);
+}
