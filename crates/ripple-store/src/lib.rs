@@ -1,0 +1,186 @@
+//! Durable room storage for Ripple: the [`Store`] implementations behind the seam defined in
+//! `ripple-core`.
+//!
+//! - [`SqliteStore`]: the embedded default, one file `ripple.db` in the data directory.
+//! - [`PostgresStore`]: for deployments that already run Postgres, or several server nodes.
+//! - `memory`: [`ripple_core::MemoryStore`], nothing survives the process.
+//!
+//! Both durable backends share one design:
+//!
+//! - **Group commit.** One writer (a thread for SQLite, a task for Postgres) takes append
+//!   requests from a bounded channel, drains everything queued into one transaction, commits
+//!   once (one fsync), then acknowledges each caller. A full channel makes callers wait
+//!   (backpressure); nothing is ever dropped.
+//! - **Checksums.** Every stored record carries a CRC32C of its kind, key, sequence number and
+//!   data ([`record`]). `load` verifies each and answers [`StoreError::Corrupt`] on a mismatch.
+//! - **fsck.** [`Backend::check`] finds records that fail their checksum or do not decode as a
+//!   Yjs v1 update; [`Backend::salvage`] moves them into a `quarantine` table (never deleting
+//!   them) so the room loads again from what is left ([`fsck`]).
+//! - **Atomic compaction.** The snapshot and the removal of the log entries it covers are one
+//!   transaction; a crash at any point leaves the prior state loadable.
+//!
+//! Room keys only ever reach SQL as bound parameters.
+//!
+//! [`Store`]: ripple_core::Store
+//! [`StoreError::Corrupt`]: ripple_core::StoreError::Corrupt
+
+pub mod fsck;
+pub mod postgres;
+pub mod record;
+pub mod sqlite;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ripple_core::{MemoryStore, RoomKey, Store, StoreError};
+
+pub use fsck::{BadRecord, Problem, Report, SalvageReport};
+pub use postgres::{PostgresOptions, PostgresStore};
+pub use record::RecordKind;
+pub use sqlite::SqliteStore;
+
+/// How hard a durable backend works before it acknowledges an append.
+///
+/// Either way an append is acknowledged only after its transaction committed; the difference
+/// is what survives a power loss or OS crash (a process crash loses nothing in either mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Acknowledge after commit *and* fsync (SQLite `synchronous=FULL`; Postgres
+    /// `synchronous_commit=on`). Nothing acknowledged is ever lost.
+    #[default]
+    Strict,
+    /// Acknowledge after commit, let the OS flush later (SQLite WAL with `synchronous=NORMAL`;
+    /// Postgres `synchronous_commit=off`). A power loss may lose the last moments of
+    /// acknowledged writes, but never corrupts the database.
+    Relaxed,
+}
+
+/// An opened backend, with the maintenance operations the CLI needs next to the [`Store`] seam.
+#[derive(Clone)]
+pub enum Backend {
+    /// The embedded SQLite store.
+    Sqlite(Arc<SqliteStore>),
+    /// The Postgres store.
+    Postgres(Arc<PostgresStore>),
+    /// The in-memory store (nothing survives the process).
+    Memory(Arc<MemoryStore>),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite(_) => "Backend::Sqlite",
+            Backend::Postgres(_) => "Backend::Postgres",
+            Backend::Memory(_) => "Backend::Memory",
+        })
+    }
+}
+
+impl Backend {
+    /// Opens the backend named by `spec`:
+    ///
+    /// - `postgres://...` or `postgresql://...`: Postgres (schema `ripple`);
+    /// - `sqlite` or empty: SQLite in `data_dir/ripple.db`;
+    /// - `memory`: an in-memory store.
+    ///
+    /// Anything else is refused with [`StoreError::Unavailable`].
+    pub async fn open(
+        spec: &str,
+        data_dir: &Path,
+        durability: Durability,
+    ) -> Result<Self, StoreError> {
+        let spec = spec.trim();
+        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            let options = PostgresOptions {
+                durability,
+                ..PostgresOptions::default()
+            };
+            let store = PostgresStore::connect_with_options(spec, &options).await?;
+            return Ok(Backend::Postgres(Arc::new(store)));
+        }
+        match spec {
+            "" | "sqlite" => {
+                // Opening creates the directory and runs migrations: blocking file I/O.
+                let dir = data_dir.to_path_buf();
+                let store =
+                    tokio::task::spawn_blocking(move || SqliteStore::open(&dir, durability))
+                        .await
+                        .map_err(|e| StoreError::Unavailable(format!("sqlite open: {e}")))??;
+                Ok(Backend::Sqlite(Arc::new(store)))
+            }
+            "memory" => Ok(Backend::Memory(Arc::new(MemoryStore::new()))),
+            other => {
+                // Print only the scheme: a mistyped URL may still carry a password.
+                let scheme = other.split(':').next().unwrap_or_default();
+                Err(StoreError::Unavailable(format!(
+                    "unknown store {scheme:?}: expected postgres://..., sqlite or memory"
+                )))
+            }
+        }
+    }
+
+    /// The backend as the storage seam the server uses.
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Sqlite(s) => s.clone(),
+            Backend::Postgres(s) => s.clone(),
+            Backend::Memory(s) => s.clone(),
+        }
+    }
+
+    /// Finds records that fail their checksum or do not decode as a Yjs v1 update, in one room
+    /// or (with `None`) everywhere. Reads only.
+    pub async fn check(&self, room: Option<&RoomKey>) -> Result<Report, StoreError> {
+        match self {
+            Backend::Sqlite(s) => s.check(room).await,
+            Backend::Postgres(s) => s.check(room).await,
+            Backend::Memory(s) => fsck::check_through_store(s.as_ref(), room).await,
+        }
+    }
+
+    /// Moves the bad records of `room` into quarantine so that the room loads again from the
+    /// records that are intact. Nothing is deleted. The memory store has no quarantine and
+    /// refuses.
+    pub async fn salvage(&self, room: &RoomKey) -> Result<SalvageReport, StoreError> {
+        match self {
+            Backend::Sqlite(s) => s.salvage(room).await,
+            Backend::Postgres(s) => s.salvage(room).await,
+            Backend::Memory(_) => Err(StoreError::Unavailable(
+                "the memory store has no quarantine to salvage into".into(),
+            )),
+        }
+    }
+
+    /// Number of write transactions committed since the backend was opened (`None` for the
+    /// memory store). Appends per commit shows how well group commit batches.
+    pub fn commits(&self) -> Option<u64> {
+        match self {
+            Backend::Sqlite(s) => Some(s.commits()),
+            Backend::Postgres(s) => Some(s.commits()),
+            Backend::Memory(_) => None,
+        }
+    }
+}
+
+/// Opens the store named by `spec` (see [`Backend::open`]) as the seam the server uses.
+pub async fn open_store(
+    spec: &str,
+    data_dir: &Path,
+    durability: Durability,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Backend::open(spec, data_dir, durability).await?.store())
+}
+
+/// Where the crash-simulation test hooks stop a compaction: after which step the "process dies"
+/// before the commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum CompactStep {
+    /// After the snapshot was written, before the covered log entries were deleted.
+    Snapshot,
+    /// After both steps, before the commit.
+    Delete,
+}

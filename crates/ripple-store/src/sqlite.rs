@@ -1,0 +1,797 @@
+//! The embedded store: SQLite in WAL mode in `DATA_DIR/ripple.db`.
+//!
+//! No SQLite call runs on the async runtime's threads. One dedicated writer thread owns the
+//! write connection and takes requests from a bounded channel; it group-commits (everything
+//! queued goes into one transaction, one commit, one fsync) and then acknowledges each caller.
+//! Each request runs inside its own savepoint, so one failing request (a compaction conflict)
+//! does not fail the others in its batch. Reads (`load`, `list`, `check`) run on a small pool of
+//! read connections through `spawn_blocking`; WAL lets them proceed while the writer writes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ripple_core::{BoxFuture, RoomInfo, RoomKey, Store, StoreError, StoredRoom};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::fsck::{self, RawRecord, Report, SalvageReport};
+use crate::record::{self, RecordKind};
+use crate::{CompactStep, Durability};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "ripple.db";
+
+/// Requests waiting for the writer. When full, callers wait (backpressure); nothing is dropped.
+const REQUEST_QUEUE: usize = 1024;
+/// At most this many requests share one transaction...
+const MAX_BATCH_REQUESTS: usize = 512;
+/// ...and at most about this many payload bytes (a single larger request still goes alone).
+const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Read connections kept open between reads; more are opened on demand and closed after use.
+const MAX_IDLE_READERS: usize = 4;
+/// How long a connection waits for a lock held by another connection (another process, or the
+/// writer during a checkpoint) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations, applied in order inside one transaction; `schema_version` records each.
+/// Tables are STRICT so a value of the wrong type can never be stored.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE snapshots (
+        party TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        checksum INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (party, room)
+    ) STRICT;
+    CREATE TABLE updates (
+        party TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        checksum INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (party, room, seq)
+    ) STRICT;
+    CREATE TABLE quarantine (
+        id INTEGER PRIMARY KEY,
+        party TEXT NOT NULL,
+        room TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        checksum INTEGER NOT NULL,
+        stored_ms INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        quarantined_ms INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX quarantine_room ON quarantine (party, room, seq);",
+)];
+
+/// The highest sequence number a room has used, counting the snapshot, the log and the
+/// quarantine (so a salvage never lets a sequence number be reused).
+const LAST_SEQ: &str = "SELECT max(seq) FROM (
+    SELECT max(seq) AS seq FROM updates WHERE party = ?1 AND room = ?2
+    UNION ALL SELECT seq FROM snapshots WHERE party = ?1 AND room = ?2
+    UNION ALL SELECT max(seq) FROM quarantine WHERE party = ?1 AND room = ?2)";
+
+const INSERT_UPDATE: &str = "INSERT INTO updates (party, room, seq, data, checksum, created_ms)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+const ROOM_RECORDS: &str = "SELECT 0 AS kind, seq, data, checksum FROM snapshots
+        WHERE party = ?1 AND room = ?2
+    UNION ALL
+    SELECT 1, seq, data, checksum FROM updates WHERE party = ?1 AND room = ?2
+    ORDER BY 1, 2";
+
+/// The embedded SQLite store. See the module docs for the threading design.
+pub struct SqliteStore {
+    path: PathBuf,
+    durability: Durability,
+    requests: mpsc::Sender<Request>,
+    readers: Arc<Readers>,
+    commits: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A write request for the writer thread.
+enum Request {
+    Append {
+        room: RoomKey,
+        updates: Vec<Bytes>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Compact {
+        room: RoomKey,
+        snapshot: Bytes,
+        through_seq: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Salvage {
+        room: RoomKey,
+        reply: oneshot::Sender<Result<SalvageReport, StoreError>>,
+    },
+}
+
+impl Request {
+    fn payload_len(&self) -> usize {
+        match self {
+            Request::Append { updates, .. } => updates.iter().map(Bytes::len).sum(),
+            Request::Compact { snapshot, .. } => snapshot.len(),
+            Request::Salvage { .. } => 0,
+        }
+    }
+}
+
+/// A request carried out inside the batch transaction, waiting for the commit to be answered.
+enum Done {
+    Append(
+        oneshot::Sender<Result<u64, StoreError>>,
+        Result<u64, StoreError>,
+    ),
+    Compact(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
+    Salvage(
+        oneshot::Sender<Result<SalvageReport, StoreError>>,
+        Result<SalvageReport, StoreError>,
+    ),
+}
+
+impl Done {
+    /// Answers the caller. A caller that went away (its future was dropped) is fine to ignore:
+    /// the work committed either way.
+    fn answer(self) {
+        match self {
+            Done::Append(reply, result) => drop(reply.send(result)),
+            Done::Compact(reply, result) => drop(reply.send(result)),
+            Done::Salvage(reply, result) => drop(reply.send(result)),
+        }
+    }
+
+    /// Answers with `error` instead of the result: the transaction did not commit.
+    fn fail(self, error: &str) {
+        match self {
+            Done::Append(reply, _) => drop(reply.send(failed(error))),
+            Done::Compact(reply, _) => drop(reply.send(failed(error))),
+            Done::Salvage(reply, _) => drop(reply.send(failed(error))),
+        }
+    }
+
+    fn unstarted(request: Request) -> Self {
+        match request {
+            Request::Append { reply, .. } => Done::Append(reply, failed("not run")),
+            Request::Compact { reply, .. } => Done::Compact(reply, failed("not run")),
+            Request::Salvage { reply, .. } => Done::Salvage(reply, failed("not run")),
+        }
+    }
+}
+
+fn failed<T>(error: &str) -> Result<T, StoreError> {
+    Err(StoreError::Unavailable(error.to_owned()))
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("sqlite: {e}"))
+}
+
+/// Maps an error met while reading a room: damage SQLite itself detects is corruption.
+fn read_error(room: &RoomKey, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => StoreError::Corrupt {
+            room: room.to_string(),
+            detail: format!("sqlite: {e}"),
+        },
+        _ => unavailable(e),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `data_dir/ripple.db`, runs migrations and starts the writer
+    /// thread. Blocking: call it from a blocking context (as [`crate::Backend::open`] does).
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Unavailable(format!("creating {}: {e}", data_dir.display()))
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let mut conn = open_writer(&path, durability)?;
+        migrate(&mut conn)?;
+        let readers = Arc::new(Readers {
+            path: path.clone(),
+            idle: Mutex::new(Vec::new()),
+        });
+        // Open one reader now so that a problem shows at startup, not at the first load.
+        readers.with(|_| Ok(()))?;
+
+        let (requests, rx) = mpsc::channel(REQUEST_QUEUE);
+        let commits = Arc::new(AtomicU64::new(0));
+        let thread_commits = commits.clone();
+        std::thread::Builder::new()
+            .name("ripple-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, &thread_commits))
+            .map_err(|e| StoreError::Unavailable(format!("starting the sqlite writer: {e}")))?;
+        Ok(Self {
+            path,
+            durability,
+            requests,
+            readers,
+            commits,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The durability this store was opened with.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Write transactions committed since the store was opened.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Inspects every record of `room` (or of all rooms): checksum, then Yjs decoding.
+    pub async fn check(&self, room: Option<&RoomKey>) -> Result<Report, StoreError> {
+        let room = room.cloned();
+        self.read(move |conn| check_blocking(conn, room.as_ref()))
+            .await
+    }
+
+    /// Moves the records of `room` that fail inspection into the `quarantine` table, in one
+    /// transaction. Nothing is deleted; the room then loads from the records that are intact.
+    pub async fn salvage(&self, room: &RoomKey) -> Result<SalvageReport, StoreError> {
+        let room = room.clone();
+        self.write(|reply| Request::Salvage { room, reply }).await
+    }
+
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the sqlite writer has stopped".into()))?;
+        answer.await.map_err(|_| {
+            StoreError::Unavailable("the sqlite writer stopped before answering".into())
+        })?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("sqlite read task: {e}")))?
+    }
+
+    /// Test hook: runs a compaction on a connection of its own up to `stop_after`, then "crashes"
+    /// (the connection goes away without committing).
+    #[cfg(test)]
+    pub(crate) fn crash_mid_compact(
+        &self,
+        room: &RoomKey,
+        snapshot: &[u8],
+        through_seq: u64,
+        stop_after: CompactStep,
+    ) -> Result<(), StoreError> {
+        let mut conn = open_writer(&self.path, self.durability)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
+        compact_steps(&tx, room, snapshot, through_seq, Some(stop_after))?;
+        // No orderly ROLLBACK: forget the guard and close the connection with the transaction
+        // open. The WAL never receives a commit frame, exactly as when the process dies here.
+        std::mem::forget(tx);
+        drop(conn);
+        Ok(())
+    }
+}
+
+impl Store for SqliteStore {
+    fn load<'a>(&'a self, room: &'a RoomKey) -> BoxFuture<'a, Result<StoredRoom, StoreError>> {
+        let room = room.clone();
+        Box::pin(self.read(move |conn| load_blocking(conn, &room)))
+    }
+
+    fn append<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        updates: Vec<Bytes>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let room = room.clone();
+        Box::pin(self.write(|reply| Request::Append {
+            room,
+            updates,
+            reply,
+        }))
+    }
+
+    fn compact<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        snapshot: Bytes,
+        through_seq: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let room = room.clone();
+        Box::pin(self.write(move |reply| Request::Compact {
+            room,
+            snapshot,
+            through_seq,
+            reply,
+        }))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
+        Box::pin(self.read(list_blocking))
+    }
+}
+
+fn open_writer(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("opening {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+        .map_err(unavailable)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!(
+            "{} cannot use WAL mode (journal_mode is {mode})",
+            path.display()
+        )));
+    }
+    let synchronous = match durability {
+        Durability::Strict => "FULL",
+        Durability::Relaxed => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(unavailable)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let latest = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+            version INTEGER NOT NULL,
+            applied_ms INTEGER NOT NULL
+        ) STRICT",
+    )
+    .map_err(unavailable)?;
+    let current: i64 = tx
+        .query_row(
+            "SELECT coalesce(max(version), 0) FROM schema_version",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(unavailable)?;
+    if current > latest {
+        return Err(StoreError::Unavailable(format!(
+            "the database schema is version {current}; this build knows up to {latest}"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_ms) VALUES (?1, ?2)",
+            params![version, record::now_ms()],
+        )
+        .map_err(unavailable)?;
+    }
+    tx.commit().map_err(unavailable)
+}
+
+/// The writer thread: one batch per loop, until every sender is gone.
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, commits: &AtomicU64) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut bytes = first.payload_len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(request) => {
+                    bytes += request.payload_len();
+                    batch.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, batch, commits);
+    }
+}
+
+/// Runs a batch of requests in one transaction, commits once, then answers every caller.
+fn run_batch(conn: &mut Connection, batch: Vec<Request>, commits: &AtomicU64) {
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let msg = format!("sqlite: starting a transaction: {e}");
+            tracing::warn!("{msg}");
+            batch
+                .into_iter()
+                .for_each(|request| Done::unstarted(request).fail(&msg));
+            return;
+        }
+    };
+    let mut done = Vec::with_capacity(batch.len());
+    // Each room's last seq is looked up once per batch, then carried forward.
+    let mut last_seqs: HashMap<RoomKey, u64> = HashMap::new();
+    let mut requests = batch.into_iter();
+    let mut aborted = None;
+    for request in requests.by_ref() {
+        done.push(apply(&mut tx, request, &mut last_seqs));
+        // SQLite rolls the whole transaction back by itself on some errors (disk full, I/O
+        // error). Then nothing above is in it any more, whatever the savepoints said.
+        if tx.is_autocommit() {
+            aborted = Some("sqlite rolled back the transaction (disk full or I/O error?)");
+            break;
+        }
+    }
+    if let Some(msg) = aborted {
+        tracing::warn!("{msg}");
+        done.extend(requests.map(Done::unstarted));
+        done.into_iter().for_each(|d| d.fail(msg));
+        return;
+    }
+    match tx.commit() {
+        Ok(()) => {
+            commits.fetch_add(1, Ordering::Relaxed);
+            done.into_iter().for_each(Done::answer);
+        }
+        Err(e) => {
+            let msg = format!("sqlite: commit failed: {e}");
+            tracing::warn!("{msg}");
+            done.into_iter().for_each(|d| d.fail(&msg));
+        }
+    }
+}
+
+/// Runs one request inside its own savepoint.
+fn apply(
+    tx: &mut rusqlite::Transaction<'_>,
+    request: Request,
+    last_seqs: &mut HashMap<RoomKey, u64>,
+) -> Done {
+    match request {
+        Request::Append {
+            room,
+            updates,
+            reply,
+        } => {
+            let cached = last_seqs.get(&room).copied();
+            let result = in_savepoint(tx, |conn| append_rows(conn, &room, &updates, cached));
+            if let Ok(last) = result {
+                last_seqs.insert(room, last);
+            }
+            Done::Append(reply, result)
+        }
+        Request::Compact {
+            room,
+            snapshot,
+            through_seq,
+            reply,
+        } => {
+            let result = in_savepoint(tx, |conn| {
+                compact_steps(conn, &room, &snapshot, through_seq, None)
+            });
+            Done::Compact(reply, result)
+        }
+        Request::Salvage { room, reply } => {
+            let result = in_savepoint(tx, |conn| salvage_steps(conn, &room));
+            Done::Salvage(reply, result)
+        }
+    }
+}
+
+fn in_savepoint<T>(
+    tx: &mut rusqlite::Transaction<'_>,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let savepoint = tx.savepoint().map_err(unavailable)?;
+    let value = f(&savepoint)?; // dropping the savepoint on error rolls it back
+    savepoint.commit().map_err(unavailable)?;
+    Ok(value)
+}
+
+fn last_seq(conn: &Connection, room: &RoomKey) -> Result<u64, StoreError> {
+    let last: Option<i64> = conn
+        .prepare_cached(LAST_SEQ)
+        .and_then(|mut stmt| stmt.query_row(params![room.party(), room.room()], |r| r.get(0)))
+        .map_err(unavailable)?;
+    u64::try_from(last.unwrap_or(0)).map_err(|_| StoreError::Corrupt {
+        room: room.to_string(),
+        detail: format!("negative sequence number {last:?}"),
+    })
+}
+
+fn append_rows(
+    conn: &Connection,
+    room: &RoomKey,
+    updates: &[Bytes],
+    cached_last: Option<u64>,
+) -> Result<u64, StoreError> {
+    let mut seq = match cached_last {
+        Some(seq) => seq,
+        None => last_seq(conn, room)?,
+    };
+    let now = record::now_ms();
+    let mut insert = conn.prepare_cached(INSERT_UPDATE).map_err(unavailable)?;
+    for data in updates {
+        seq += 1;
+        let sum = record::checksum_column(RecordKind::Update, room.party(), room.room(), seq, data);
+        insert
+            .execute(params![
+                room.party(),
+                room.room(),
+                record::seq_column(seq)?,
+                &data[..],
+                sum,
+                now
+            ])
+            .map_err(unavailable)?;
+    }
+    Ok(seq)
+}
+
+/// The compaction, as steps: checks, write the snapshot, delete the covered log entries. The
+/// caller's transaction makes them atomic; `stop_after` exists for the crash tests.
+fn compact_steps(
+    conn: &Connection,
+    room: &RoomKey,
+    snapshot: &[u8],
+    through_seq: u64,
+    stop_after: Option<CompactStep>,
+) -> Result<(), StoreError> {
+    let key = params![room.party(), room.room()];
+    let current: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM snapshots WHERE party = ?1 AND room = ?2",
+            key,
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(unavailable)?;
+    record::check_compaction(room, current, last_seq(conn, room)?, through_seq)?;
+    let through = record::seq_column(through_seq)?;
+
+    let sum = record::checksum_column(
+        RecordKind::Snapshot,
+        room.party(),
+        room.room(),
+        through_seq,
+        snapshot,
+    );
+    conn.execute(
+        "INSERT INTO snapshots (party, room, seq, data, checksum, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (party, room) DO UPDATE SET seq = excluded.seq, data = excluded.data,
+             checksum = excluded.checksum, updated_ms = excluded.updated_ms",
+        params![
+            room.party(),
+            room.room(),
+            through,
+            snapshot,
+            sum,
+            record::now_ms()
+        ],
+    )
+    .map_err(unavailable)?;
+    if stop_after == Some(CompactStep::Snapshot) {
+        return Ok(());
+    }
+    conn.execute(
+        "DELETE FROM updates WHERE party = ?1 AND room = ?2 AND seq <= ?3",
+        params![room.party(), room.room(), through],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+fn read_room_records(
+    conn: &Connection,
+    party: &str,
+    room: &str,
+) -> rusqlite::Result<Vec<RawRecord>> {
+    let mut stmt = conn.prepare_cached(ROOM_RECORDS)?;
+    let rows = stmt.query_map(params![party, room], |row| {
+        let kind = if row.get::<_, i64>(0)? == 0 {
+            RecordKind::Snapshot
+        } else {
+            RecordKind::Update
+        };
+        Ok(RawRecord {
+            party: party.to_owned(),
+            room: room.to_owned(),
+            kind,
+            seq: row.get(1)?,
+            data: row.get(2)?,
+            checksum: row.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+fn load_blocking(conn: &mut Connection, room: &RoomKey) -> Result<StoredRoom, StoreError> {
+    // One read transaction: a compaction committing between the snapshot read and the log
+    // read must not be seen half.
+    let tx = conn.transaction().map_err(|e| read_error(room, e))?;
+    let records =
+        read_room_records(&tx, room.party(), room.room()).map_err(|e| read_error(room, e))?;
+    tx.finish().map_err(|e| read_error(room, e))?;
+    record::stored_room(room, records)
+}
+
+fn list_blocking(conn: &mut Connection) -> Result<Vec<RoomInfo>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT party, room, sum(bytes), sum(n), max(ms) FROM (
+                SELECT party, room, length(data) AS bytes, 0 AS n, updated_ms AS ms FROM snapshots
+                UNION ALL
+                SELECT party, room, length(data), 1, created_ms FROM updates)
+             GROUP BY party, room ORDER BY party, room",
+        )
+        .map_err(unavailable)?;
+    let rows = stmt
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, i64>(4)?,
+            ))
+        })
+        .map_err(unavailable)?;
+    let mut infos = Vec::new();
+    for row in rows {
+        let (party, room, bytes, count, last_ms) = row.map_err(unavailable)?;
+        if let Some(info) = record::room_info(&party, &room, bytes, count, last_ms) {
+            infos.push(info);
+        }
+    }
+    Ok(infos)
+}
+
+fn check_blocking(conn: &mut Connection, room: Option<&RoomKey>) -> Result<Report, StoreError> {
+    let rooms: Vec<(String, String)> = match room {
+        Some(key) => vec![(key.party().to_owned(), key.room().to_owned())],
+        None => {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT party, room FROM snapshots UNION SELECT party, room FROM updates
+                     ORDER BY 1, 2",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .map_err(unavailable)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(unavailable)?
+        }
+    };
+    let mut report = Report::default();
+    for (party, room) in rooms {
+        // One short read transaction per room keeps WAL checkpoints moving on a big database.
+        let tx = conn.transaction().map_err(unavailable)?;
+        let records = read_room_records(&tx, &party, &room).map_err(unavailable)?;
+        tx.finish().map_err(unavailable)?;
+        report.rooms_checked += 1;
+        report.records_checked += records.len() as u64;
+        report.bad.extend(fsck::inspect_all(&records));
+    }
+    Ok(report)
+}
+
+fn salvage_steps(conn: &Connection, room: &RoomKey) -> Result<SalvageReport, StoreError> {
+    let records = read_room_records(conn, room.party(), room.room()).map_err(unavailable)?;
+    let moved = fsck::inspect_all(&records);
+    let now = record::now_ms();
+    for bad in &moved {
+        let (table, stamp) = match bad.kind {
+            RecordKind::Snapshot => ("snapshots", "updated_ms"),
+            RecordKind::Update => ("updates", "created_ms"),
+        };
+        let copied = conn
+            .execute(
+                &format!(
+                    "INSERT INTO quarantine (party, room, kind, seq, data, checksum, stored_ms,
+                         reason, quarantined_ms)
+                     SELECT party, room, ?4, seq, data, checksum, {stamp}, ?5, ?6 FROM {table}
+                     WHERE party = ?1 AND room = ?2 AND seq = ?3"
+                ),
+                params![
+                    room.party(),
+                    room.room(),
+                    bad.seq,
+                    bad.kind.as_str(),
+                    bad.problem.to_string(),
+                    now
+                ],
+            )
+            .map_err(unavailable)?;
+        let deleted = conn
+            .execute(
+                &format!("DELETE FROM {table} WHERE party = ?1 AND room = ?2 AND seq = ?3"),
+                params![room.party(), room.room(), bad.seq],
+            )
+            .map_err(unavailable)?;
+        if copied != 1 || deleted != 1 {
+            return Err(StoreError::Conflict(format!(
+                "{room}: {} seq {} changed during salvage",
+                bad.kind, bad.seq
+            )));
+        }
+    }
+    Ok(SalvageReport {
+        room: room.clone(),
+        kept: (records.len() - moved.len()) as u64,
+        moved,
+    })
+}
+
+/// Read connections, reused between reads.
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    /// Runs `f` on an idle read connection (or a new one). Blocking.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // A poisoned lock only means a reader panicked while pushing or popping; the Vec is
+        // still a valid list of connections.
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => open_reader(&self.path)?,
+        };
+        let result = f(&mut conn);
+        // A connection left inside a transaction by an error is closed, not reused.
+        if conn.is_autocommit() {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+        result
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Unavailable(format!("opening {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(unavailable)?;
+    Ok(conn)
+}

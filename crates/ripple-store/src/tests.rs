@@ -1,0 +1,835 @@
+//! The storage test suite. Each case is written once, against `&dyn Store` where the seam is
+//! enough and against a [`Harness`] where it needs what only a backend offers (reopening, raw
+//! SQL to damage a record, crash hooks), and runs for SQLite and Postgres.
+//!
+//! Postgres cases read `RIPPLE_TEST_DATABASE_URL`; each creates a schema of its own and drops
+//! it at the end. Without the variable they skip, unless `RIPPLE_REQUIRE_SERVICES=1`, which
+//! makes them fail.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ripple_core::{MemoryStore, RoomKey, Store, StoreError, StoredRoom};
+use tokio_postgres::NoTls;
+use yrs::updates::decoder::Decode;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+use crate::{
+    Backend, CompactStep, Durability, PostgresOptions, PostgresStore, Problem, RecordKind,
+};
+
+fn key(party: &str, room: &str) -> RoomKey {
+    RoomKey::new(party, room, 256).expect("valid test key")
+}
+
+/// `text.len()` Yjs updates from one client, each appending one character to text `t`.
+fn edits(client: u32, text: &str) -> Vec<Bytes> {
+    let doc = Doc::with_client_id(u64::from(client));
+    let t = doc.get_or_insert_text("t");
+    text.chars()
+        .map(|c| {
+            let mut txn = doc.transact_mut();
+            let len = t.len(&txn);
+            t.insert(&mut txn, len, &c.to_string());
+            Bytes::from(txn.encode_update_v1())
+        })
+        .collect()
+}
+
+/// One update holding the state of `updates` applied in order (what a compaction stores).
+fn snapshot_of(updates: &[Bytes]) -> Bytes {
+    let doc = Doc::new();
+    {
+        let mut txn = doc.transact_mut();
+        for data in updates {
+            txn.apply_update(Update::decode_v1(data).expect("decodes"))
+                .expect("applies");
+        }
+    }
+    let txn = doc.transact();
+    Bytes::from(txn.encode_state_as_update_v1(&StateVector::default()))
+}
+
+/// The text a loaded room holds.
+fn text_of(stored: &StoredRoom) -> String {
+    let doc = Doc::new();
+    let t = doc.get_or_insert_text("t");
+    {
+        let mut txn = doc.transact_mut();
+        let log = stored.updates.iter().map(|(_, u)| u);
+        for data in stored.snapshot.iter().chain(log) {
+            txn.apply_update(Update::decode_v1(data).expect("decodes"))
+                .expect("applies");
+        }
+    }
+    let txn = doc.transact();
+    t.get_string(&txn)
+}
+
+fn seqs(stored: &StoredRoom) -> Vec<u64> {
+    stored.updates.iter().map(|(seq, _)| *seq).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Harness: one backend, plus the few things a test needs beyond the seam.
+
+enum Env {
+    Sqlite { dir: tempfile::TempDir },
+    Postgres { url: String, schema: String },
+}
+
+struct Harness {
+    env: Env,
+    durability: Durability,
+    backend: Option<Backend>,
+}
+
+fn pg_url() -> Option<String> {
+    match std::env::var("RIPPLE_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("RIPPLE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "RIPPLE_REQUIRE_SERVICES=1 but RIPPLE_TEST_DATABASE_URL is not set"
+            );
+            eprintln!("skipping: RIPPLE_TEST_DATABASE_URL is not set");
+            None
+        }
+    }
+}
+
+async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("test connection");
+    tokio::spawn(connection);
+    client
+}
+
+impl Harness {
+    async fn sqlite(_name: &str, durability: Durability) -> Option<Self> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut harness = Self {
+            env: Env::Sqlite { dir },
+            durability,
+            backend: None,
+        };
+        harness.open().await;
+        Some(harness)
+    }
+
+    async fn postgres(name: &str, durability: Durability) -> Option<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let url = pg_url()?;
+        let schema = format!(
+            "rt_{name}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut harness = Self {
+            env: Env::Postgres { url, schema },
+            durability,
+            backend: None,
+        };
+        harness.open().await;
+        Some(harness)
+    }
+
+    async fn open(&mut self) {
+        let backend = match &self.env {
+            Env::Sqlite { dir } => Backend::open("sqlite", dir.path(), self.durability).await,
+            Env::Postgres { url, schema } => {
+                let options = PostgresOptions {
+                    schema: schema.clone(),
+                    durability: self.durability,
+                    ..PostgresOptions::default()
+                };
+                PostgresStore::connect_with_options(url, &options)
+                    .await
+                    .map(|s| Backend::Postgres(Arc::new(s)))
+            }
+        };
+        self.backend = Some(backend.expect("open backend"));
+    }
+
+    /// Drops the store and opens a new one on the same storage.
+    async fn reopen(&mut self) {
+        self.backend = None;
+        // Let the SQLite writer thread see its channel close and finish.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.open().await;
+    }
+
+    fn backend(&self) -> &Backend {
+        self.backend.as_ref().expect("backend is open")
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        self.backend().store()
+    }
+
+    fn sqlite_path(&self) -> PathBuf {
+        match &self.env {
+            Env::Sqlite { dir } => dir.path().join(crate::sqlite::DB_FILE),
+            Env::Postgres { .. } => unreachable!("not sqlite"),
+        }
+    }
+
+    /// Flips every bit of the first data byte of one stored record, with raw SQL.
+    async fn flip_byte(&self, room: &RoomKey, kind: RecordKind, seq: u64) {
+        let table = match kind {
+            RecordKind::Snapshot => "snapshots",
+            RecordKind::Update => "updates",
+        };
+        let seq = i64::try_from(seq).expect("small seq");
+        match &self.env {
+            Env::Sqlite { .. } => {
+                let path = self.sqlite_path();
+                let (party, name) = (room.party().to_owned(), room.room().to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(path).expect("raw sqlite");
+                    let select =
+                        format!("SELECT data FROM {table} WHERE party=?1 AND room=?2 AND seq=?3");
+                    let mut data: Vec<u8> = conn
+                        .query_row(&select, rusqlite::params![party, name, seq], |r| r.get(0))
+                        .expect("record exists");
+                    data[0] ^= 0xff;
+                    let update =
+                        format!("UPDATE {table} SET data=?4 WHERE party=?1 AND room=?2 AND seq=?3");
+                    let n = conn
+                        .execute(&update, rusqlite::params![party, name, seq, data])
+                        .expect("flip");
+                    assert_eq!(n, 1);
+                })
+                .await
+                .expect("flip task");
+            }
+            Env::Postgres { url, schema } => {
+                let client = pg_client(url).await;
+                let sql = format!(
+                    "UPDATE \"{schema}\".{table} SET data = set_byte(data, 0, get_byte(data, 0) # 255)
+                     WHERE party = $1 AND room = $2 AND seq = $3"
+                );
+                let n = client
+                    .execute(&sql, &[&room.party(), &room.room(), &seq])
+                    .await
+                    .expect("flip");
+                assert_eq!(n, 1);
+            }
+        }
+    }
+
+    /// Row count of `table` (for `room`, or all rows).
+    async fn rows(&self, table: &str, room: Option<&RoomKey>) -> i64 {
+        let (party, name) = room.map_or((String::new(), String::new()), |k| {
+            (k.party().to_owned(), k.room().to_owned())
+        });
+        let all = room.is_none();
+        match &self.env {
+            Env::Sqlite { .. } => {
+                let path = self.sqlite_path();
+                let sql =
+                    format!("SELECT count(*) FROM {table} WHERE ?3 OR (party = ?1 AND room = ?2)");
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(path).expect("raw sqlite");
+                    conn.query_row(&sql, rusqlite::params![party, name, all], |r| r.get(0))
+                        .expect("count")
+                })
+                .await
+                .expect("count task")
+            }
+            Env::Postgres { url, schema } => {
+                let client = pg_client(url).await;
+                let sql = format!(
+                    "SELECT count(*) FROM \"{schema}\".{table}
+                     WHERE $3 OR (party = $1 AND room = $2)"
+                );
+                let row = client
+                    .query_one(&sql, &[&party, &name, &all])
+                    .await
+                    .expect("count");
+                row.get(0)
+            }
+        }
+    }
+
+    async fn crash_mid_compact(
+        &self,
+        room: &RoomKey,
+        snapshot: Bytes,
+        through_seq: u64,
+        step: CompactStep,
+    ) {
+        match self.backend() {
+            Backend::Sqlite(store) => {
+                let (store, room) = (store.clone(), room.clone());
+                tokio::task::spawn_blocking(move || {
+                    store.crash_mid_compact(&room, &snapshot, through_seq, step)
+                })
+                .await
+                .expect("crash task")
+                .expect("crash hook");
+            }
+            Backend::Postgres(store) => store
+                .crash_mid_compact(room, &snapshot, through_seq, step)
+                .await
+                .expect("crash hook"),
+            Backend::Memory(_) => unreachable!("no crash hook for memory"),
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.backend = None;
+        if let Env::Postgres { url, schema } = &self.env {
+            // Drop the test's schema on a thread with a runtime of its own: Drop cannot await.
+            let (url, schema) = (url.clone(), schema.clone());
+            let cleanup = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("cleanup runtime");
+                runtime.block_on(async {
+                    let client = pg_client(&url).await;
+                    let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                    if let Err(e) = client.batch_execute(&sql).await {
+                        eprintln!("dropping test schema {schema}: {e}");
+                    }
+                });
+            });
+            drop(cleanup.join());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cases.
+
+async fn case_roundtrip(store: &dyn Store) {
+    let room = key("main", "doc");
+    assert!(store.load(&room).await.expect("load empty").is_empty());
+
+    let updates = edits(1, "hey");
+    assert_eq!(
+        store
+            .append(&room, updates[..2].to_vec())
+            .await
+            .expect("append"),
+        2
+    );
+    assert_eq!(
+        store
+            .append(&room, updates[2..].to_vec())
+            .await
+            .expect("append"),
+        3
+    );
+    // An empty append writes nothing and reports where the log is.
+    assert_eq!(store.append(&room, Vec::new()).await.expect("append"), 3);
+
+    let stored = store.load(&room).await.expect("load");
+    assert_eq!(stored.snapshot, None);
+    assert_eq!(stored.snapshot_seq, 0);
+    assert_eq!(seqs(&stored), vec![1, 2, 3]);
+    let data: Vec<Bytes> = stored.updates.iter().map(|(_, u)| u.clone()).collect();
+    assert_eq!(data, updates);
+    assert_eq!(text_of(&stored), "hey");
+    assert_eq!(stored.last_seq(), 3);
+}
+
+async fn case_isolation(store: &dyn Store) {
+    // Prefix-sharing names, another party, and ids that look hostile but are only data.
+    let rooms = [
+        key("main", "doc"),
+        key("main", "doc-1"),
+        key("other", "doc"),
+        key("main", "x');DROP%20TABLE%20updates;--"),
+        key("main", "%2e%2e%2f%2e%2e%2fetc"),
+        key("main", "*"),
+        key("main", "a'b(c)$x"),
+    ];
+    for (i, room) in rooms.iter().enumerate() {
+        let payload: Vec<Bytes> = (0..=i)
+            .map(|j| Bytes::from(format!("{room}#{j}")))
+            .collect();
+        assert_eq!(
+            store.append(room, payload).await.expect("append"),
+            i as u64 + 1,
+            "{room}"
+        );
+    }
+    for (i, room) in rooms.iter().enumerate() {
+        let stored = store.load(room).await.expect("load");
+        let expected: Vec<(u64, Bytes)> = (0..=i)
+            .map(|j| (j as u64 + 1, Bytes::from(format!("{room}#{j}"))))
+            .collect();
+        assert_eq!(stored.updates, expected, "{room}");
+    }
+    let listed: BTreeMap<RoomKey, u64> = store
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|info| (info.key, info.update_count))
+        .collect();
+    for (i, room) in rooms.iter().enumerate() {
+        assert_eq!(listed.get(room), Some(&(i as u64 + 1)), "{room}");
+    }
+    assert!(store
+        .load(&key("main", "do"))
+        .await
+        .expect("load")
+        .is_empty());
+}
+
+async fn case_list(store: &dyn Store, durable: bool) {
+    let start_ms = crate::record::now_ms();
+    let a = key("main", "list-a");
+    let b = key("main", "list-b");
+    let updates = edits(3, "abcd");
+    store.append(&a, updates.clone()).await.expect("append");
+    store
+        .append(&b, updates[..1].to_vec())
+        .await
+        .expect("append");
+    let snapshot = snapshot_of(&updates[..2]);
+    store
+        .compact(&a, snapshot.clone(), 2)
+        .await
+        .expect("compact");
+
+    let infos = store.list().await.expect("list");
+    let info_a = infos.iter().find(|i| i.key == a).expect("a listed");
+    let info_b = infos.iter().find(|i| i.key == b).expect("b listed");
+    let log_bytes: usize = updates[2..].iter().map(Bytes::len).sum();
+    assert_eq!(info_a.stored_bytes, (snapshot.len() + log_bytes) as u64);
+    assert_eq!(info_a.update_count, 2);
+    assert_eq!(info_b.stored_bytes, updates[0].len() as u64);
+    assert_eq!(info_b.update_count, 1);
+    if durable {
+        assert!(info_a.last_change_ms >= start_ms);
+        assert!(info_b.last_change_ms >= start_ms);
+    }
+}
+
+async fn case_reopen(h: &mut Harness) {
+    let room = key("main", "survivor");
+    let updates = edits(4, "durable");
+    h.store()
+        .append(&room, updates[..4].to_vec())
+        .await
+        .expect("append");
+    h.store()
+        .compact(&room, snapshot_of(&updates[..3]), 3)
+        .await
+        .expect("compact");
+    h.store()
+        .append(&room, updates[4..].to_vec())
+        .await
+        .expect("append");
+    let before = h.store().load(&room).await.expect("load");
+
+    h.reopen().await;
+    let after = h.store().load(&room).await.expect("load after reopen");
+    assert_eq!(after, before);
+    assert_eq!(text_of(&after), "durable");
+    assert_eq!(after.snapshot_seq, 3);
+    assert_eq!(seqs(&after), vec![4, 5, 6, 7]);
+    // The sequence continues where it was.
+    let more = edits(5, "!");
+    assert_eq!(h.store().append(&room, more).await.expect("append"), 8);
+}
+
+async fn case_group_commit(h: &Harness) {
+    const ROOMS: usize = 10;
+    const PER_ROOM: usize = 10;
+    let store = h.store();
+    let before = h.backend().commits().expect("durable backend");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..PER_ROOM {
+        for r in 0..ROOMS {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let room = key("main", &format!("gc-{r}"));
+                let payload = Bytes::from(format!("room {r} update {i}"));
+                let seq = store
+                    .append(&room, vec![payload.clone()])
+                    .await
+                    .expect("append");
+                (room, seq, payload)
+            });
+        }
+    }
+    let mut acked: BTreeMap<RoomKey, Vec<(u64, Bytes)>> = BTreeMap::new();
+    while let Some(done) = tasks.join_next().await {
+        let (room, seq, payload) = done.expect("task");
+        acked.entry(room).or_default().push((seq, payload));
+    }
+    let commits = h.backend().commits().expect("durable backend") - before;
+    let appends = ROOMS * PER_ROOM;
+    assert!(
+        commits < appends as u64,
+        "{commits} commits for {appends} appends: no batching"
+    );
+    eprintln!("group commit: {appends} appends in {commits} commits");
+
+    assert_eq!(acked.len(), ROOMS);
+    for (room, mut acks) in acked {
+        acks.sort();
+        let stored = store.load(&room).await.expect("load");
+        // Every acknowledged append is there, at the seq it was acknowledged with, and the
+        // room's seqs run 1..=n without gaps.
+        assert_eq!(stored.updates, acks, "{room}");
+        assert_eq!(seqs(&stored), (1..=PER_ROOM as u64).collect::<Vec<_>>());
+    }
+}
+
+async fn case_compact(store: &dyn Store) {
+    let room = key("main", "compact");
+    let updates = edits(6, "hello");
+    store.append(&room, updates.clone()).await.expect("append");
+    let snapshot = snapshot_of(&updates[..3]);
+    store
+        .compact(&room, snapshot.clone(), 3)
+        .await
+        .expect("compact");
+
+    let stored = store.load(&room).await.expect("load");
+    assert_eq!(stored.snapshot.as_ref(), Some(&snapshot));
+    assert_eq!(stored.snapshot_seq, 3);
+    assert_eq!(seqs(&stored), vec![4, 5]);
+    assert_eq!(text_of(&stored), "hello");
+
+    let more = edits(7, "!");
+    assert_eq!(store.append(&room, more).await.expect("append"), 6);
+
+    // A stale compaction (older than the stored snapshot) and one claiming entries the store
+    // never saw are refused, and change nothing.
+    let before = store.load(&room).await.expect("load");
+    let stale = store.compact(&room, snapshot_of(&updates[..2]), 2).await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    let ahead = store.compact(&room, snapshot.clone(), 99).await;
+    assert!(matches!(ahead, Err(StoreError::Conflict(_))), "{ahead:?}");
+    assert_eq!(store.load(&room).await.expect("load"), before);
+
+    // Compacting everything leaves only the snapshot; appends continue after it.
+    let all = snapshot_of(&[updates.clone(), edits(7, "!")].concat());
+    store.compact(&room, all, 6).await.expect("compact all");
+    let stored = store.load(&room).await.expect("load");
+    assert_eq!((stored.snapshot_seq, stored.updates.len()), (6, 0));
+    assert_eq!(text_of(&stored), "hello!");
+    assert_eq!(store.append(&room, edits(8, "?")).await.expect("append"), 7);
+}
+
+async fn case_compact_crash(h: &mut Harness) {
+    let room = key("main", "crashy");
+    let updates = edits(9, "crash");
+    h.store()
+        .append(&room, updates[..2].to_vec())
+        .await
+        .expect("append");
+    h.store()
+        .compact(&room, snapshot_of(&updates[..1]), 1)
+        .await
+        .expect("compact");
+    h.store()
+        .append(&room, updates[2..].to_vec())
+        .await
+        .expect("append");
+    let before = h.store().load(&room).await.expect("load");
+    assert_eq!((before.snapshot_seq, seqs(&before)), (1, vec![2, 3, 4, 5]));
+
+    for step in [CompactStep::Snapshot, CompactStep::Delete] {
+        h.crash_mid_compact(&room, snapshot_of(&updates[..4]), 4, step)
+            .await;
+        let after = h.store().load(&room).await.expect("load after crash");
+        assert_eq!(after, before, "crash after {step:?}");
+    }
+    h.reopen().await;
+    let after = h.store().load(&room).await.expect("load after reopen");
+    assert_eq!(after, before);
+    assert_eq!(text_of(&after), "crash");
+
+    // The real compaction still goes through afterwards (no lock or row left behind).
+    h.store()
+        .compact(&room, snapshot_of(&updates[..4]), 4)
+        .await
+        .expect("compact");
+    let stored = h.store().load(&room).await.expect("load");
+    assert_eq!((stored.snapshot_seq, seqs(&stored)), (4, vec![5]));
+    assert_eq!(text_of(&stored), "crash");
+}
+
+async fn case_corruption(h: &Harness) {
+    let store = h.store();
+    let backend = h.backend();
+    let a = key("main", "damaged");
+    let b = key("main", "damaged-not");
+    let c = key("main", "garbage");
+    let d = key("main", "bad-snapshot");
+    store.append(&a, edits(10, "abc")).await.expect("append");
+    store.append(&b, edits(11, "xy")).await.expect("append");
+    let mut c_log = edits(12, "ok");
+    c_log.push(Bytes::from_static(&[0xff, 0xfe, 0x01])); // checksummed, but not Yjs
+    store.append(&c, c_log).await.expect("append");
+    let d_log = edits(13, "snap");
+    store.append(&d, d_log.clone()).await.expect("append");
+    store
+        .compact(&d, snapshot_of(&d_log[..3]), 3)
+        .await
+        .expect("compact");
+
+    h.flip_byte(&a, RecordKind::Update, 3).await;
+    h.flip_byte(&d, RecordKind::Snapshot, 3).await;
+
+    match store.load(&a).await {
+        Err(StoreError::Corrupt { room, detail }) => {
+            assert_eq!(room, "main/damaged");
+            assert!(detail.contains("seq 3"), "{detail}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(matches!(
+        store.load(&d).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert_eq!(text_of(&store.load(&b).await.expect("b loads")), "xy");
+
+    let report = backend.check(None).await.expect("check");
+    let found: Vec<(String, RecordKind, i64, bool)> = report
+        .bad
+        .iter()
+        .map(|bad| {
+            let checksum = matches!(bad.problem, Problem::Checksum(_));
+            (bad.room.clone(), bad.kind, bad.seq, checksum)
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            ("bad-snapshot".to_owned(), RecordKind::Snapshot, 3, true),
+            ("damaged".to_owned(), RecordKind::Update, 3, true),
+            ("garbage".to_owned(), RecordKind::Update, 3, false),
+        ],
+        "{report}"
+    );
+    assert_eq!(report.rooms_checked, 4);
+    assert!(backend.check(Some(&b)).await.expect("check b").is_clean());
+
+    // Salvage moves the bad record into quarantine; nothing is deleted.
+    let rows_before = h.rows("updates", Some(&a)).await;
+    assert_eq!(rows_before, 3);
+    let salvaged = backend.salvage(&a).await.expect("salvage");
+    assert_eq!((salvaged.moved.len(), salvaged.kept), (1, 2));
+    assert_eq!(h.rows("quarantine", None).await, 1);
+    assert_eq!(h.rows("updates", Some(&a)).await, 2);
+    let stored = store.load(&a).await.expect("a loads again");
+    assert_eq!(seqs(&stored), vec![1, 2]);
+    assert_eq!(text_of(&stored), "ab");
+    assert!(backend.check(Some(&a)).await.expect("check").is_clean());
+    // The quarantined seq is never handed out again.
+    assert_eq!(store.append(&a, edits(14, "d")).await.expect("append"), 4);
+
+    let salvaged = backend.salvage(&c).await.expect("salvage garbage");
+    assert_eq!(salvaged.moved.len(), 1);
+    assert_eq!(text_of(&store.load(&c).await.expect("c loads")), "ok");
+
+    let salvaged = backend.salvage(&d).await.expect("salvage snapshot");
+    assert_eq!(salvaged.moved[0].kind, RecordKind::Snapshot);
+    let stored = store.load(&d).await.expect("d loads");
+    assert_eq!((stored.snapshot.clone(), seqs(&stored)), (None, vec![4]));
+    assert_eq!(store.append(&d, edits(15, "!")).await.expect("append"), 5);
+
+    assert_eq!(h.rows("quarantine", None).await, 3);
+    assert!(backend.check(None).await.expect("check").is_clean());
+    // Salvaging a clean room moves nothing.
+    let salvaged = backend.salvage(&b).await.expect("salvage clean");
+    assert!(salvaged.moved.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The suite, once per backend.
+
+macro_rules! suite {
+    ($backend:ident, $make:path) => {
+        mod $backend {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn roundtrip() {
+                let Some(h) = $make("roundtrip", Durability::Strict).await else {
+                    return;
+                };
+                case_roundtrip(h.store().as_ref()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn roundtrip_relaxed() {
+                let Some(h) = $make("relaxed", Durability::Relaxed).await else {
+                    return;
+                };
+                case_roundtrip(h.store().as_ref()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rooms_are_isolated() {
+                let Some(h) = $make("isolation", Durability::Strict).await else {
+                    return;
+                };
+                case_isolation(h.store().as_ref()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn list_reports_sizes() {
+                let Some(h) = $make("list", Durability::Strict).await else {
+                    return;
+                };
+                case_list(h.store().as_ref(), true).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn survives_reopen() {
+                let Some(mut h) = $make("reopen", Durability::Strict).await else {
+                    return;
+                };
+                case_reopen(&mut h).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn group_commit_batches() {
+                let Some(h) = $make("groupcommit", Durability::Strict).await else {
+                    return;
+                };
+                case_group_commit(&h).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn group_commit_batches_relaxed() {
+                let Some(h) = $make("groupcommit_r", Durability::Relaxed).await else {
+                    return;
+                };
+                case_group_commit(&h).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn compact() {
+                let Some(h) = $make("compact", Durability::Strict).await else {
+                    return;
+                };
+                case_compact(h.store().as_ref()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn compact_crash_keeps_prior_state() {
+                let Some(mut h) = $make("crash", Durability::Strict).await else {
+                    return;
+                };
+                case_compact_crash(&mut h).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn corruption_check_salvage() {
+                let Some(h) = $make("corrupt", Durability::Strict).await else {
+                    return;
+                };
+                case_corruption(&h).await;
+            }
+        }
+    };
+}
+
+suite!(sqlite, Harness::sqlite);
+suite!(postgres, Harness::postgres);
+
+// ---------------------------------------------------------------------------------------------
+// The reference: the memory store passes the cases that do not depend on durability.
+
+#[tokio::test]
+async fn memory_store_matches_the_seam() {
+    case_roundtrip(&MemoryStore::new()).await;
+    case_isolation(&MemoryStore::new()).await;
+    case_list(&MemoryStore::new(), false).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend-specific behaviour.
+
+#[tokio::test]
+async fn postgres_down_is_unavailable_quickly() {
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        PostgresStore::connect("postgres://postgres@127.0.0.1:1/test"),
+    )
+    .await
+    .expect("connect must not hang");
+    match result {
+        Err(StoreError::Unavailable(msg)) => assert!(msg.contains("postgres"), "{msg}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(6));
+}
+
+#[tokio::test]
+async fn open_store_specs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let memory = crate::open_store("memory", dir.path(), Durability::Strict)
+        .await
+        .expect("memory");
+    case_roundtrip(memory.as_ref()).await;
+
+    let data_dir = dir.path().join("nested").join("data");
+    let sqlite = crate::open_store("", &data_dir, Durability::Strict)
+        .await
+        .expect("sqlite");
+    case_roundtrip(sqlite.as_ref()).await;
+    assert!(data_dir.join("ripple.db").exists());
+
+    let err = crate::open_store("mysql://user:hunter2@db/x", dir.path(), Durability::Strict)
+        .await
+        .err()
+        .expect("unknown spec is refused");
+    let msg = err.to_string();
+    assert!(msg.contains("mysql") && !msg.contains("hunter2"), "{msg}");
+
+    let err = PostgresStore::connect_with_schema("postgres://127.0.0.1:1/x", "bad-name; --")
+        .await
+        .expect_err("bad schema name is refused");
+    assert!(err.to_string().contains("schema"), "{err}");
+}
+
+#[tokio::test]
+async fn sqlite_refuses_a_newer_schema() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    drop(crate::SqliteStore::open(dir.path(), Durability::Strict).expect("open"));
+    let conn = rusqlite::Connection::open(dir.path().join("ripple.db")).expect("raw");
+    conn.execute(
+        "INSERT INTO schema_version (version, applied_ms) VALUES (99, 0)",
+        [],
+    )
+    .expect("bump version");
+    drop(conn);
+    let err =
+        crate::SqliteStore::open(dir.path(), Durability::Strict).expect_err("newer schema refused");
+    assert!(err.to_string().contains("99"), "{err}");
+}
+
+#[tokio::test]
+async fn sqlite_migrations_are_idempotent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for _ in 0..3 {
+        let store = crate::SqliteStore::open(dir.path(), Durability::Strict).expect("open");
+        store
+            .append(&key("main", "m"), edits(16, "a"))
+            .await
+            .expect("append");
+    }
+    let store = crate::SqliteStore::open(dir.path(), Durability::Strict).expect("open");
+    let stored = store.load(&key("main", "m")).await.expect("load");
+    assert_eq!(seqs(&stored), vec![1, 2, 3]);
+}
