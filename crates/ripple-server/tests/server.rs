@@ -543,3 +543,32 @@ async fn a_room_that_fails_to_load_refuses_with_a_reason_and_others_work() {
     let _ok = server.client("fine").await;
     assert!(server.stat(|s| &s.room_load_failures) >= 1);
 }
+
+#[tokio::test]
+async fn half_open_connections_are_reaped() {
+    let config = Config {
+        ping_interval_secs: 0.1,
+        idle_timeout_secs: 0.5,
+        ..test_config()
+    };
+    let server = start(config).await;
+    let mut live = server.client("reap").await;
+    // A socket that completed the handshake and then went silent: never read, so it never
+    // answers pings (a peer whose machine vanished looks the same).
+    let (silent, _) = tokio_tungstenite::connect_async(server.url("reap"))
+        .await
+        .expect("connect");
+    server
+        .wait_stat("two connections", |s| &s.connections_active, |n| n == 2)
+        .await;
+    server
+        .wait_stat("silent one reaped", |s| &s.connections_active, |n| n == 1)
+        .await;
+    // The live client answers pings (its reader runs) and stays.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(server.stat(|s| &s.connections_active), 1);
+    assert!(live.observed().closed.is_none());
+    insert_text(&live, 0, "still here");
+    let _ = &mut live;
+    drop(silent);
+}
