@@ -36,8 +36,9 @@ const REQUEST_QUEUE: usize = 1024;
 const MAX_BATCH_REQUESTS: usize = 512;
 /// ...and at most about this many payload bytes (a single larger request still goes alone).
 const MAX_BATCH_BYTES: usize = 16 << 20;
-/// Attempts for a batch that failed on a deadlock, serialization failure or duplicate key
-/// before its commit was sent (another process raced us; trying again is safe).
+/// Attempts for a batch that failed before its commit was sent on a deadlock, serialization
+/// failure or duplicate key (another process raced us) or a closed connection: trying again is
+/// safe.
 const MAX_ATTEMPTS: u32 = 3;
 /// How long a caller waits for a free pooled connection.
 const POOL_WAIT: Duration = Duration::from_secs(30);
@@ -369,14 +370,24 @@ impl PostgresStore {
 
     /// Inspects every record of `room` (or of all rooms): checksum, then Yjs decoding.
     pub async fn check(&self, room: Option<&RoomKey>) -> Result<Report, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
+        retrying(|| self.try_check(room)).await
+    }
+
+    /// Moves the records of `room` that fail inspection into the `quarantine` table, in one
+    /// transaction. Nothing is deleted; the room then loads from the records that are intact.
+    pub async fn salvage(&self, room: &RoomKey) -> Result<SalvageReport, StoreError> {
+        retrying(|| self.try_salvage(room)).await
+    }
+
+    async fn try_check(&self, room: Option<&RoomKey>) -> Result<Report, Failure> {
+        let client = self.pool.get().await.map_err(pool_failure)?;
         let rooms: Vec<(String, String)> = match room {
             Some(key) => vec![(key.party().to_owned(), key.room().to_owned())],
             None => {
                 let rows = client
                     .query(self.sql.rooms.as_str(), &[])
                     .await
-                    .map_err(pg_err)?;
+                    .map_err(classify)?;
                 rows.iter()
                     .map(|row| Ok((column(row, 0)?, column(row, 1)?)))
                     .collect::<Result<_, StoreError>>()?
@@ -385,13 +396,13 @@ impl PostgresStore {
         let stmt = client
             .prepare_cached(self.sql.room_records.as_str())
             .await
-            .map_err(pg_err)?;
+            .map_err(classify)?;
         let mut report = Report::default();
         for (party, room) in rooms {
             let rows = client
                 .query(&stmt, &[&party, &room])
                 .await
-                .map_err(pg_err)?;
+                .map_err(classify)?;
             let records = raw_records(&party, &room, &rows)?;
             report.rooms_checked += 1;
             report.records_checked += records.len() as u64;
@@ -400,11 +411,9 @@ impl PostgresStore {
         Ok(report)
     }
 
-    /// Moves the records of `room` that fail inspection into the `quarantine` table, in one
-    /// transaction. Nothing is deleted; the room then loads from the records that are intact.
-    pub async fn salvage(&self, room: &RoomKey) -> Result<SalvageReport, StoreError> {
-        let mut client = self.pool.get().await.map_err(pool_err)?;
-        let tx = client.transaction().await.map_err(pg_err)?;
+    async fn try_salvage(&self, room: &RoomKey) -> Result<SalvageReport, Failure> {
+        let mut client = self.pool.get().await.map_err(pool_failure)?;
+        let tx = client.transaction().await.map_err(classify)?;
         lock_room(&tx, &self.sql, room).await?;
         let rows = tx
             .query(
@@ -412,7 +421,7 @@ impl PostgresStore {
                 &[&room.party(), &room.room()],
             )
             .await
-            .map_err(pg_err)?;
+            .map_err(classify)?;
         let records = raw_records(room.party(), room.room(), &rows)?;
         let (total, moved) = inspect_off_runtime(records).await?;
         let now = record::now_ms();
@@ -428,15 +437,15 @@ impl PostgresStore {
                     &[&room.party(), &room.room(), &bad.seq, &reason, &now],
                 )
                 .await
-                .map_err(pg_err)?;
+                .map_err(classify)?;
             if n != 1 {
-                return Err(StoreError::Conflict(format!(
+                return Err(Failure::Fatal(StoreError::Conflict(format!(
                     "{room}: {} seq {} changed during salvage",
                     bad.kind, bad.seq
-                )));
+                ))));
             }
         }
-        tx.commit().await.map_err(pg_err)?;
+        commit(tx).await?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(SalvageReport {
             room: room.clone(),
@@ -461,41 +470,41 @@ impl PostgresStore {
         })?
     }
 
-    async fn load_room(&self, room: &RoomKey) -> Result<StoredRoom, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
+    async fn try_load(&self, room: &RoomKey) -> Result<StoredRoom, Failure> {
+        let client = self.pool.get().await.map_err(pool_failure)?;
         let stmt = client
             .prepare_cached(self.sql.room_records.as_str())
             .await
-            .map_err(pg_err)?;
+            .map_err(classify)?;
         let rows = client
             .query(&stmt, &[&room.party(), &room.room()])
             .await
-            .map_err(pg_err)?;
+            .map_err(classify)?;
         let records = raw_records(room.party(), room.room(), &rows)?;
-        record::stored_room(room, records)
+        Ok(record::stored_room(room, records)?)
     }
 
-    async fn compact_room(
+    async fn try_compact(
         &self,
         room: &RoomKey,
         snapshot: &[u8],
         through_seq: u64,
-    ) -> Result<(), StoreError> {
-        let mut client = self.pool.get().await.map_err(pool_err)?;
-        let tx = client.transaction().await.map_err(pg_err)?;
+    ) -> Result<(), Failure> {
+        let mut client = self.pool.get().await.map_err(pool_failure)?;
+        let tx = client.transaction().await.map_err(classify)?;
         lock_room(&tx, &self.sql, room).await?;
         compact_steps(&tx, &self.sql, room, snapshot, through_seq, None).await?;
-        tx.commit().await.map_err(pg_err)?;
+        commit(tx).await?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    async fn list_rooms(&self) -> Result<Vec<RoomInfo>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_err)?;
+    async fn try_list(&self) -> Result<Vec<RoomInfo>, Failure> {
+        let client = self.pool.get().await.map_err(pool_failure)?;
         let rows = client
             .query(self.sql.list.as_str(), &[])
             .await
-            .map_err(pg_err)?;
+            .map_err(classify)?;
         let mut infos = Vec::with_capacity(rows.len());
         for row in &rows {
             let party: String = column(row, 0)?;
@@ -529,7 +538,9 @@ impl PostgresStore {
         let (mut client, connection) = self.config.connect(NoTls).await.map_err(pg_err)?;
         let connection = tokio::spawn(connection);
         let tx = client.transaction().await.map_err(pg_err)?;
-        lock_room(&tx, &self.sql, room).await?;
+        lock_room(&tx, &self.sql, room)
+            .await
+            .map_err(Failure::into_error)?;
         compact_steps(
             &tx,
             &self.sql,
@@ -538,7 +549,8 @@ impl PostgresStore {
             through_seq,
             Some(stop_after),
         )
-        .await?;
+        .await
+        .map_err(Failure::into_error)?;
         std::mem::forget(tx);
         connection.abort();
         drop(client);
@@ -548,7 +560,7 @@ impl PostgresStore {
 
 impl Store for PostgresStore {
     fn load<'a>(&'a self, room: &'a RoomKey) -> BoxFuture<'a, Result<StoredRoom, StoreError>> {
-        Box::pin(self.load_room(room))
+        Box::pin(retrying(move || self.try_load(room)))
     }
 
     fn append<'a>(
@@ -565,11 +577,11 @@ impl Store for PostgresStore {
         snapshot: Bytes,
         through_seq: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move { self.compact_room(room, &snapshot, through_seq).await })
+        Box::pin(async move { retrying(|| self.try_compact(room, &snapshot, through_seq)).await })
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
-        Box::pin(self.list_rooms())
+        Box::pin(retrying(move || self.try_list()))
     }
 }
 
@@ -627,10 +639,10 @@ async fn migrate(pool: &Pool, schema: &str) -> Result<(), StoreError> {
     tx.commit().await.map_err(pg_err)
 }
 
-async fn lock_room(tx: &Transaction<'_>, sql: &Sql, room: &RoomKey) -> Result<(), StoreError> {
+async fn lock_room(tx: &Transaction<'_>, sql: &Sql, room: &RoomKey) -> Result<(), Failure> {
     tx.execute(sql.lock_room.as_str(), &[&room.party(), &room.room()])
         .await
-        .map_err(pg_err)?;
+        .map_err(classify)?;
     Ok(())
 }
 
@@ -643,12 +655,12 @@ async fn compact_steps(
     snapshot: &[u8],
     through_seq: u64,
     stop_after: Option<CompactStep>,
-) -> Result<(), StoreError> {
+) -> Result<(), Failure> {
     let (party, name) = (room.party(), room.room());
     let current: Option<i64> = match tx
         .query_opt(sql.snapshot_seq.as_str(), &[&party, &name])
         .await
-        .map_err(pg_err)?
+        .map_err(classify)?
     {
         Some(row) => Some(column(&row, 0)?),
         None => None,
@@ -656,7 +668,7 @@ async fn compact_steps(
     let rows = tx
         .query(sql.last_seqs.as_str(), &[&vec![party], &vec![name]])
         .await
-        .map_err(pg_err)?;
+        .map_err(classify)?;
     let last = match rows.first() {
         Some(row) => last_seq_from(room, column(row, 2)?)?,
         None => 0,
@@ -669,13 +681,13 @@ async fn compact_steps(
         &[&party, &name, &through, &snapshot, &sum, &record::now_ms()],
     )
     .await
-    .map_err(pg_err)?;
+    .map_err(classify)?;
     if stop_after == Some(CompactStep::Snapshot) {
         return Ok(());
     }
     tx.execute(sql.delete_through.as_str(), &[&party, &name, &through])
         .await
-        .map_err(pg_err)?;
+        .map_err(classify)?;
     Ok(())
 }
 
@@ -760,56 +772,95 @@ async fn writer(
     }
 }
 
-/// Why a batch transaction failed.
-enum BatchError {
-    /// Failed before the commit on a race with another process; safe to run again.
+/// Why an operation failed, and whether running it again is safe and may help.
+enum Failure {
+    /// Failed before any commit was sent, on a race with another process (deadlock,
+    /// serialization failure, duplicate key) or a dead connection (Postgres restarted).
     Retry(StoreError),
     /// Anything else, including a commit whose outcome is unknown.
     Fatal(StoreError),
 }
 
-fn classify(e: tokio_postgres::Error) -> BatchError {
-    let retry = matches!(
-        e.code(),
-        Some(code) if *code == SqlState::T_R_DEADLOCK_DETECTED
-            || *code == SqlState::T_R_SERIALIZATION_FAILURE
-            || *code == SqlState::UNIQUE_VIOLATION
-    );
-    if retry {
-        BatchError::Retry(pg_err(e))
-    } else {
-        BatchError::Fatal(pg_err(e))
+impl Failure {
+    fn into_error(self) -> StoreError {
+        match self {
+            Failure::Retry(e) | Failure::Fatal(e) => e,
+        }
     }
 }
 
-/// Runs one batch, retrying races; returns each request's own result.
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Fatal(e)
+    }
+}
+
+fn classify(e: tokio_postgres::Error) -> Failure {
+    // Class 08 is "connection exception", class 57P "operator intervention" (the server is
+    // shutting down or terminated our backend): a fresh connection may well succeed.
+    let retry = e.is_closed()
+        || e.code().is_some_and(|code| {
+            *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::UNIQUE_VIOLATION
+                || code.code().starts_with("08")
+                || code.code().starts_with("57P")
+        });
+    if retry {
+        Failure::Retry(pg_err(e))
+    } else {
+        Failure::Fatal(pg_err(e))
+    }
+}
+
+fn pool_failure(e: PoolError) -> Failure {
+    match e {
+        PoolError::Backend(e) => classify(e),
+        other => Failure::Fatal(pool_err(other)),
+    }
+}
+
+/// Commits. The outcome of a failed COMMIT is unknown, so it is never retried (a retried
+/// append could be stored twice).
+async fn commit(tx: deadpool_postgres::Transaction<'_>) -> Result<(), Failure> {
+    tx.commit().await.map_err(|e| Failure::Fatal(pg_err(e)))
+}
+
+/// Runs `op` until it succeeds, fails for good, or has failed [`MAX_ATTEMPTS`] times.
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(Failure::Retry(e)) if attempt < MAX_ATTEMPTS => {
+                tracing::debug!(attempt, "retrying a postgres operation: {e}");
+                tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(failure) => return Err(failure.into_error()),
+        }
+    }
+}
+
+/// Runs one batch, retrying races and dead connections; returns each request's own result.
 async fn append_batch(
     pool: &Pool,
     sql: &Sql,
     batch: &[AppendRequest],
 ) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
-    let mut attempt = 1;
-    loop {
-        match try_append_batch(pool, sql, batch).await {
-            Ok(results) => return Ok(results),
-            Err(BatchError::Retry(e)) if attempt < MAX_ATTEMPTS => {
-                tracing::debug!(attempt, "retrying a postgres append batch: {e}");
-                attempt += 1;
-            }
-            Err(BatchError::Retry(e) | BatchError::Fatal(e)) => return Err(e),
-        }
-    }
+    retrying(|| try_append_batch(pool, sql, batch)).await
 }
 
 async fn try_append_batch(
     pool: &Pool,
     sql: &Sql,
     batch: &[AppendRequest],
-) -> Result<Vec<Result<u64, StoreError>>, BatchError> {
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| BatchError::Fatal(pool_err(e)))?;
+) -> Result<Vec<Result<u64, StoreError>>, Failure> {
+    let mut client = pool.get().await.map_err(pool_failure)?;
     let tx = client.transaction().await.map_err(classify)?;
 
     let mut rooms: Vec<&RoomKey> = batch.iter().map(|r| &r.room).collect();
@@ -834,11 +885,8 @@ async fn try_append_batch(
         .map_err(classify)?;
     let mut last: HashMap<(String, String), Option<i64>> = HashMap::with_capacity(rows.len());
     for row in &rows {
-        let key = (
-            column(row, 0).map_err(BatchError::Fatal)?,
-            column(row, 1).map_err(BatchError::Fatal)?,
-        );
-        last.insert(key, column(row, 2).map_err(BatchError::Fatal)?);
+        let key = (column(row, 0)?, column(row, 1)?);
+        last.insert(key, column(row, 2)?);
     }
 
     let now = record::now_ms();
@@ -873,7 +921,7 @@ async fn try_append_batch(
             seq += 1;
             col_party.push(room.party());
             col_room.push(room.room());
-            col_seq.push(record::seq_column(seq).map_err(BatchError::Fatal)?);
+            col_seq.push(record::seq_column(seq)?);
             col_data.push(data);
             col_sum.push(record::checksum_column(
                 RecordKind::Update,
@@ -901,9 +949,6 @@ async fn try_append_batch(
         .await
         .map_err(classify)?;
     }
-    // The outcome of a failed COMMIT is unknown: never retried (a retry could store twice).
-    tx.commit()
-        .await
-        .map_err(|e| BatchError::Fatal(pg_err(e)))?;
+    commit(tx).await?;
     Ok(results)
 }

@@ -833,3 +833,55 @@ async fn sqlite_migrations_are_idempotent() {
     let stored = store.load(&key("main", "m")).await.expect("load");
     assert_eq!(seqs(&stored), vec![1, 2, 3]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_survives_killed_connections() {
+    let Some(mut h) = Harness::postgres("killed", Durability::Strict).await else {
+        return;
+    };
+    let Env::Postgres { url, schema } = &h.env else {
+        unreachable!("postgres harness");
+    };
+    // A store whose connections can be told apart from every other test's.
+    let app = schema.clone();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let tagged = format!("{url}{sep}application_name={app}");
+    let options = PostgresOptions {
+        schema: schema.clone(),
+        ..PostgresOptions::default()
+    };
+    let store = PostgresStore::connect_with_options(&tagged, &options)
+        .await
+        .expect("connect");
+    let admin = pg_client(url).await;
+    h.backend = Some(Backend::Postgres(Arc::new(store)));
+    let room = key("main", "phoenix");
+    let updates = edits(17, "abc");
+    h.store()
+        .append(&room, updates[..1].to_vec())
+        .await
+        .expect("append");
+
+    // Kill every server connection of the store's pool, as a Postgres restart would.
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert!(killed >= 1);
+
+    // The dead pooled connections are replaced; appends, loads and compactions go on.
+    for update in &updates[1..] {
+        h.store()
+            .append(&room, vec![update.clone()])
+            .await
+            .expect("append after kill");
+    }
+    let stored = h.store().load(&room).await.expect("load after kill");
+    assert_eq!(seqs(&stored), vec![1, 2, 3]);
+    assert_eq!(text_of(&stored), "abc");
+}
