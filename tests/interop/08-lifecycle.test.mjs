@@ -41,7 +41,8 @@ test('SIGTERM: server exits with code 0 and connected providers observe a close'
   }
 })
 
-test(`edits acknowledged by the room survive a SIGTERM restart on the same data dir${IS_REFERENCE ? ' (reference server does not persist)' : ''}`, async () => {
+test('edits acknowledged by the room survive a SIGTERM restart on the same data dir',
+  { skip: IS_REFERENCE && 'the reference server does not persist' }, async () => {
   let server = await startRipple()
   const dataDir = server.dataDir
   const room = uniqueRoom('persist')
