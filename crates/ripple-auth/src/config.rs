@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer};
 use crate::Access;
 
 /// How connections are authenticated. Defaults to [`AuthConfig::None`].
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase")]
 // Parsed once at start-up; boxing would only make it clumsier to build in code.
 #[allow(clippy::large_enum_variant)]
@@ -86,7 +86,7 @@ impl Default for ClaimNames {
 
 /// Settings of `mode = "jwt"`. Exactly one key source: `secret`/`secret_env` (HMAC),
 /// `public_key_pem`/`public_key_file` (RSA, EC P-256 or Ed25519 SPKI PEM), or `jwks_url`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JwtConfig {
     /// Accepted `alg` values (`HS256`, `RS256`, `ES256`, `EdDSA`, ...). Empty means inferred:
@@ -162,7 +162,7 @@ impl Default for JwtConfig {
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// Settings of `mode = "webhook"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Where to POST. Required.

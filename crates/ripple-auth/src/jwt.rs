@@ -242,7 +242,9 @@ impl JwtAuth {
             None if self.require_exp => {
                 return Err(AuthError::unauthorized("token has no exp claim"))
             }
-            Some(exp) if now > exp.saturating_add(self.leeway_secs) => {
+            // RFC 7519: not accepted "on or after" exp. The server closes connections at
+            // exp + leeway too, so a reconnect then is refused rather than admitted and closed.
+            Some(exp) if now >= exp.saturating_add(self.leeway_secs) => {
                 return Err(AuthError::unauthorized("token expired"))
             }
             _ => {}

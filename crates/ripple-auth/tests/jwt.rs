@@ -139,6 +139,17 @@ async fn expired_token_is_rejected_after_leeway() {
 }
 
 #[tokio::test]
+async fn token_is_expired_from_exp_plus_leeway_on() {
+    let clock = clock();
+    let auth = jwt_auth(hs_config(), &clock);
+    let token = hs_token(claims());
+    clock.advance(Duration::from_millis((3600 + 29) * 1000 + 999));
+    check(&auth, "doc-1", &token).await.unwrap();
+    clock.advance(Duration::from_millis(1));
+    assert_unauthorized(check(&auth, "doc-1", &token).await, "expired");
+}
+
+#[tokio::test]
 async fn token_without_exp_is_rejected_by_default() {
     let clock = clock();
     let auth = jwt_auth(hs_config(), &clock);

@@ -125,11 +125,13 @@ impl Room {
         frames
     }
 
-    /// Handles one decoded message from connection `conn`.
+    /// Handles one decoded message from connection `conn`, authenticated as `user` (`None`
+    /// without auth). The user decides whose awareness states the connection may change.
     pub fn handle(
         &mut self,
         conn: ConnId,
         access: Access,
+        user: Option<&str>,
         msg: Message,
     ) -> Result<Effects, RoomError> {
         let mut fx = Effects::default();
@@ -150,7 +152,7 @@ impl Room {
             }
             Message::Awareness(payload) => {
                 let entries = decode_update(payload).map_err(|e| malformed("awareness", e))?;
-                if let Some(applied) = self.awareness.apply(conn, entries)? {
+                if let Some(applied) = self.awareness.apply(conn, user, entries)? {
                     fx.to_all = Some(Message::Awareness(applied).encode());
                 }
             }
@@ -263,6 +265,7 @@ mod tests {
             .handle(
                 1,
                 Access::ReadWrite,
+                None,
                 Message::Sync(SyncMessage::Update(update)),
             )
             .expect("ok");
@@ -282,11 +285,11 @@ mod tests {
         });
         let msg = Message::Sync(SyncMessage::Update(update));
         assert!(room
-            .handle(1, Access::ReadWrite, msg.clone())
+            .handle(1, Access::ReadWrite, None, msg.clone())
             .expect("ok")
             .update
             .is_some());
-        let again = room.handle(2, Access::ReadWrite, msg).expect("ok");
+        let again = room.handle(2, Access::ReadWrite, None, msg).expect("ok");
         assert_eq!(again, Effects::default());
     }
 
@@ -301,6 +304,7 @@ mod tests {
             .handle(
                 1,
                 Access::ReadOnly,
+                None,
                 Message::Sync(SyncMessage::Step2(update)),
             )
             .expect("ok");
@@ -318,6 +322,7 @@ mod tests {
         room.handle(
             1,
             Access::ReadWrite,
+            None,
             Message::Sync(SyncMessage::Update(update)),
         )
         .expect("ok");
@@ -326,6 +331,7 @@ mod tests {
             .handle(
                 2,
                 Access::ReadWrite,
+                None,
                 Message::Sync(SyncMessage::Step1(empty_sv.into())),
             )
             .expect("ok");
@@ -342,6 +348,7 @@ mod tests {
         let err = room.handle(
             1,
             Access::ReadWrite,
+            None,
             Message::Sync(SyncMessage::Update(Bytes::from_static(&[0xff, 0xff, 0xff]))),
         );
         assert!(matches!(err, Err(RoomError::Malformed { .. })));
@@ -379,7 +386,7 @@ mod tests {
         let mut room = Room::new(8);
         let payload = ripple_proto::awareness::encode_update([(42, 1, "{\"n\":1}")]);
         let fx = room
-            .handle(7, Access::ReadOnly, Message::Awareness(payload))
+            .handle(7, Access::ReadOnly, None, Message::Awareness(payload))
             .expect("ok");
         assert!(fx.to_all.is_some(), "read-only clients may send presence");
         assert_eq!(room.greeting().len(), 2);

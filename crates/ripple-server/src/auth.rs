@@ -1,7 +1,9 @@
 //! The authorization seam at the HTTP upgrade: decided before the WebSocket is accepted and
 //! before the room is loaded. A rejection is a plain HTTP response.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::http::{HeaderMap, StatusCode};
 use ripple_core::room::Access;
@@ -16,6 +18,8 @@ pub struct UpgradeRequest<'a> {
     pub query: Option<&'a str>,
     /// The request headers.
     pub headers: &'a HeaderMap,
+    /// The peer's address (the TCP peer; no proxy headers are trusted).
+    pub remote_addr: Option<IpAddr>,
 }
 
 /// An admitted connection.
@@ -27,6 +31,22 @@ pub struct Admission {
     pub user: Option<String>,
     /// A `Sec-WebSocket-Protocol` value to echo back, if the token came in that header.
     pub subprotocol: Option<String>,
+    /// When the credential stops being valid. The connection is then closed with
+    /// [`code::TOKEN_EXPIRED`](crate::closer::code::TOKEN_EXPIRED) unless
+    /// `auth.close_on_expiry` is off. `None`: never.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl Admission {
+    /// Write access, no user, no expiry.
+    pub fn read_write() -> Self {
+        Self {
+            access: Access::ReadWrite,
+            user: None,
+            subprotocol: None,
+            expires_at: None,
+        }
+    }
 }
 
 /// A refusal, sent as an HTTP response.
@@ -56,13 +76,7 @@ impl Authorize for AllowAll {
         &'a self,
         _req: &'a UpgradeRequest<'a>,
     ) -> BoxFuture<'a, Result<Admission, Rejection>> {
-        Box::pin(async {
-            Ok(Admission {
-                access: Access::ReadWrite,
-                user: None,
-                subprotocol: None,
-            })
-        })
+        Box::pin(async { Ok(Admission::read_write()) })
     }
 }
 

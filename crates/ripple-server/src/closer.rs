@@ -21,6 +21,10 @@ pub mod code {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// Try again later: room full, server at capacity, or this client read too slowly.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The connection's token expired (application range 4000-4999). y-websocket and
+    /// y-partykit treat it like any close and reconnect; a client whose `params` (or
+    /// subprotocol) yield a fresh token is admitted again, a stale one gets HTTP 401.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 #[derive(Debug, Default)]

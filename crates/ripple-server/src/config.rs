@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth_config::{AdminConfig, AuthSettings};
+
 /// How updates are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -84,6 +86,12 @@ pub struct Config {
     pub idle_timeout_secs: f64,
     /// Seconds the server waits for connections and rooms to finish on shutdown.
     pub shutdown_grace_secs: f64,
+    /// Client authentication (`[auth]`). Never serialized: it may hold secrets.
+    #[serde(skip_serializing)]
+    pub auth: AuthSettings,
+    /// The admin credential (`[admin]`). Never serialized.
+    #[serde(skip_serializing)]
+    pub admin: AdminConfig,
 }
 
 /// Per-party settings.
@@ -118,6 +126,8 @@ impl Default for Config {
             ping_interval_secs: 15.0,
             idle_timeout_secs: 45.0,
             shutdown_grace_secs: 10.0,
+            auth: AuthSettings::default(),
+            admin: AdminConfig::default(),
         }
     }
 }

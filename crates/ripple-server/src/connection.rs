@@ -1,9 +1,12 @@
 //! One WebSocket connection: joins its room, then a reader loop (frames → messages → room
 //! inbox) and a writer task (room outbox → socket, plus pings). Either side, the room, or server
-//! shutdown can end it through the shared [`Closer`], which also carries the close code.
+//! shutdown can end it through the shared [`Closer`], which also carries the close code. When
+//! the admission's token expires (and `auth.close_on_expiry` is on) the reader closes it with
+//! [`code::TOKEN_EXPIRED`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use bytes::Bytes;
@@ -15,7 +18,10 @@ use ripple_core::RoomKey;
 use ripple_proto::batch::Reassembler;
 use ripple_proto::{DecodeError, Message};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, info_span, warn, Instrument};
+
+use crate::auth::Admission;
 
 use crate::closer::{code, Closer};
 use crate::registry::RoomHandle;
@@ -26,12 +32,17 @@ use crate::ServerCtx;
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// Serves one upgraded socket until it closes.
-pub(crate) async fn serve(socket: WebSocket, key: RoomKey, access: Access, ctx: Arc<ServerCtx>) {
+pub(crate) async fn serve(
+    socket: WebSocket,
+    key: RoomKey,
+    admission: Admission,
+    ctx: Arc<ServerCtx>,
+) {
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("conn", room = %key, conn);
     inc(&ctx.stats.connections_total);
     inc(&ctx.stats.connections_active);
-    serve_inner(socket, key, access, conn, &ctx)
+    serve_inner(socket, key, admission, conn, &ctx)
         .instrument(span)
         .await;
     dec(&ctx.stats.connections_active);
@@ -40,17 +51,22 @@ pub(crate) async fn serve(socket: WebSocket, key: RoomKey, access: Access, ctx: 
 async fn serve_inner(
     mut socket: WebSocket,
     key: RoomKey,
-    access: Access,
+    admission: Admission,
     conn: ConnId,
     ctx: &Arc<ServerCtx>,
 ) {
+    let expires = admission
+        .expires_at
+        .filter(|_| ctx.config.auth.close_on_expiry)
+        .and_then(deadline);
+    let user: Option<Arc<str>> = admission.user.map(Into::into);
     let (frames_tx, frames_rx) = mpsc::channel(ctx.config.outbound_queue_frames);
     let closer = Closer::default();
     let outbox = Outbox {
         frames: frames_tx,
         closer: closer.clone(),
     };
-    let room = match join(ctx, &key, conn, access, outbox).await {
+    let room = match join(ctx, &key, conn, admission.access, user, outbox).await {
         Ok(room) => room,
         Err(e) => {
             debug!(error = %e, "join refused");
@@ -65,7 +81,7 @@ async fn serve_inner(
     let (sink, stream) = socket.split();
     let writer =
         tokio::spawn(write_loop(sink, frames_rx, closer.clone(), ctx.clone()).in_current_span());
-    read_loop(stream, &room, conn, &closer, ctx).await;
+    read_loop(stream, &room, conn, &closer, expires, ctx).await;
     let _ = room.tx.send(RoomMsg::Leave { conn }).await;
     closer.close(code::NORMAL, "");
     let _ = writer.await;
@@ -77,6 +93,7 @@ async fn join(
     key: &RoomKey,
     conn: ConnId,
     access: Access,
+    user: Option<Arc<str>>,
     outbox: Outbox,
 ) -> Result<RoomHandle, JoinError> {
     for _ in 0..5 {
@@ -85,6 +102,7 @@ async fn join(
         let msg = RoomMsg::Join {
             conn,
             access,
+            user: user.clone(),
             outbox: outbox.clone(),
             reply,
         };
@@ -106,18 +124,41 @@ async fn join(
     ))
 }
 
+/// The monotonic instant of wall-clock time `at` (now if it has passed); `None` if it is too far
+/// away to represent (it then never comes).
+fn deadline(at: SystemTime) -> Option<Instant> {
+    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+    Instant::now().checked_add(left)
+}
+
+/// Resolves at `deadline`, or never.
+async fn expiry(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn read_loop(
     mut stream: SplitStream<WebSocket>,
     room: &RoomHandle,
     conn: ConnId,
     closer: &Closer,
+    expires: Option<Instant>,
     ctx: &ServerCtx,
 ) {
     let mut reassembler = Reassembler::new(ctx.config.max_message_bytes);
     let idle = ctx.config.idle_timeout();
+    let expired = expiry(expires);
+    tokio::pin!(expired);
     loop {
         let next = tokio::select! {
             _ = closer.closed() => return,
+            _ = &mut expired => {
+                debug!("closing connection: token expired");
+                closer.close(code::TOKEN_EXPIRED, "token expired");
+                return;
+            }
             next = tokio::time::timeout(idle, stream.next()) => next,
         };
         let frame = match next {

@@ -1,12 +1,14 @@
 //! The HTTP front: health, readiness and metrics endpoints, and the WebSocket entry points
 //! `/parties/:party/:room`, `/party/:room` (legacy, party `main`) and `/:room`. Room ids are the
 //! raw path segments, as PartyKit treats them; authorization runs here, before the upgrade.
+//! `/metrics` needs the admin token when one is configured; `/healthz` and `/readyz` are open.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{FromRequestParts, Request, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -34,7 +36,18 @@ async fn ready(State(ctx): State<Arc<ServerCtx>>) -> Response {
     }
 }
 
-async fn metrics(State(ctx): State<Arc<ServerCtx>>) -> Response {
+async fn metrics(State(ctx): State<Arc<ServerCtx>>, headers: HeaderMap) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !ctx.config.admin.admits(authorization) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "unauthorized: /metrics needs the admin token (Authorization: Bearer ...)",
+        )
+            .into_response();
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         ctx.stats.render(),
@@ -81,6 +94,10 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
         key: &key,
         query: parts.uri.query(),
         headers: &parts.headers,
+        remote_addr: parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0.ip()),
     };
     let admission = match ctx.auth.authorize(&auth_req).await {
         Ok(admission) => admission,
@@ -92,10 +109,10 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
     if let Some(protocol) = admission.subprotocol.clone() {
         upgrade = upgrade.protocols([protocol]);
     }
-    let access = admission.access;
     let tracker = ctx.tracker.clone();
-    upgrade
-        .on_upgrade(move |socket| tracker.track_future(connection::serve(socket, key, access, ctx)))
+    upgrade.on_upgrade(move |socket| {
+        tracker.track_future(connection::serve(socket, key, admission, ctx))
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! retires them ([`registry`]). The entry point is [`run`].
 
 pub mod auth;
+mod auth_config;
 pub mod closer;
 pub mod config;
 mod connection;
@@ -10,8 +11,10 @@ mod http;
 mod registry;
 mod room;
 pub mod stats;
+pub mod token_auth;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ripple_core::Store;
@@ -23,6 +26,7 @@ use tracing::{info, warn};
 pub use auth::{AllowAll, Authorize};
 pub use config::{Config, Durability, PersistMode};
 pub use stats::Stats;
+pub use token_auth::TokenAuth;
 
 /// What every connection and room shares: configuration, storage, auth, counters, the
 /// shutdown signal. Read-only after start; no locks.
@@ -85,6 +89,8 @@ impl Server {
         });
         let app = http::router(ctx);
         let signal_token = token.clone();
+        // Connect info gives the authorizer the peer address (the webhook forwards it).
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             info!("shutting down: closing connections");

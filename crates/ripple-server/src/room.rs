@@ -64,6 +64,8 @@ pub(crate) enum RoomMsg {
     Join {
         conn: ConnId,
         access: Access,
+        /// The authenticated user id, if any (decides awareness ownership).
+        user: Option<Arc<str>>,
         outbox: Outbox,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
@@ -87,6 +89,7 @@ pub(crate) struct RoomEnv {
 struct ConnState {
     outbox: Outbox,
     access: Access,
+    user: Option<Arc<str>>,
     told_read_only: bool,
 }
 
@@ -236,9 +239,10 @@ impl Actor {
                 RoomMsg::Join {
                     conn,
                     access,
+                    user,
                     outbox,
                     reply,
-                } => self.join(conn, access, outbox, reply),
+                } => self.join(conn, access, user, outbox, reply),
                 RoomMsg::Frame { conn, msg } => {
                     if let Some(update) = self.frame(conn, msg) {
                         updates.push(update);
@@ -282,6 +286,7 @@ impl Actor {
         &mut self,
         conn: ConnId,
         access: Access,
+        user: Option<Arc<str>>,
         outbox: Outbox,
         reply: oneshot::Sender<Result<(), JoinError>>,
     ) {
@@ -301,6 +306,7 @@ impl Actor {
             ConnState {
                 outbox,
                 access,
+                user,
                 told_read_only: false,
             },
         );
@@ -308,8 +314,8 @@ impl Actor {
 
     /// Handles one message; returns the document update to persist, if any.
     fn frame(&mut self, conn: ConnId, msg: Message) -> Option<Bytes> {
-        let access = self.conns.get(&conn)?.access;
-        match self.room.handle(conn, access, msg) {
+        let c = self.conns.get(&conn)?;
+        match self.room.handle(conn, c.access, c.user.as_deref(), msg) {
             Ok(fx) => {
                 if fx.denied {
                     if let Some(c) = self.conns.get_mut(&conn) {

@@ -387,6 +387,7 @@ impl Authorize for TestAuth {
                 },
                 user: None,
                 subprotocol: None,
+                expires_at: None,
             })
         })
     }
