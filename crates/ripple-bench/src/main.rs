@@ -1,0 +1,370 @@
+//! The `ripple-bench` command line: one scenario per run against one server, or `report` to
+//! combine runs. Only targets on this machine are accepted (loopback addresses).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use ripple_bench::procstat::Probe;
+use ripple_bench::scenario::{
+    self, BigdocOpts, BurstOpts, Common, ConnectOpts, FanoutOpts, IdleOpts,
+};
+use ripple_bench::session::Target;
+use ripple_bench::wire::Protocol;
+use ripple_bench::{compare, report::Report};
+
+/// Load generator for Yjs WebSocket servers (y-websocket, y-partykit and Hocuspocus protocols).
+#[derive(Debug, Parser)]
+#[command(name = "ripple-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// URL template: {room} is the room name, {conn} a unique connection id.
+    #[arg(long, default_value = "ws://127.0.0.1:1999/{room}")]
+    url: String,
+    /// Wire protocol.
+    #[arg(long, value_enum, default_value = "yws")]
+    protocol: Protocol,
+    /// Server label in reports.
+    #[arg(long, default_value = "ripple")]
+    label: String,
+    /// Scenario name in reports (default: the scenario's own), e.g. connect-10k.
+    #[arg(long)]
+    name: Option<String>,
+    /// Server pid: its process tree's CPU and RSS are sampled from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Connects (handshake + sync) in flight at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Seconds one connect + sync may take.
+    #[arg(long, default_value_t = 30.0)]
+    connect_timeout: f64,
+    /// Seconds to wait for every write to arrive after writers stop.
+    #[arg(long, default_value_t = 15.0)]
+    drain_timeout: f64,
+    /// Worker threads of the load generator's runtime.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Also append the JSON line to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// R rooms × N clients, one writer per room at a fixed rate: latency, delivered/s, CPU.
+    Fanout {
+        #[command(flatten)]
+        g: Global,
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        /// Clients per room, the writer included.
+        #[arg(long, default_value_t = 11)]
+        clients: usize,
+        /// Writes per second per room.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// C clients connect as fast as possible: connections/s, failures, RSS per connection.
+    Connect {
+        #[command(flatten)]
+        g: Global,
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
+        #[arg(long, default_value_t = 20)]
+        rooms: usize,
+        #[arg(long, default_value_t = 2.0)]
+        settle: f64,
+    },
+    /// A large document, then M fresh clients join one by one: join time, CPU per join.
+    Bigdoc {
+        #[command(flatten)]
+        g: Global,
+        #[arg(long, default_value_t = 200_000)]
+        text_inserts: usize,
+        #[arg(long, default_value_t = 10_000)]
+        map_keys: usize,
+        #[arg(long, default_value_t = 20)]
+        joins: usize,
+        /// Text inserts per update while seeding.
+        #[arg(long, default_value_t = 2000)]
+        chunk: usize,
+    },
+    /// Every client writes as fast as it can (bounded window): accepted and delivered/s.
+    Burst {
+        #[command(flatten)]
+        g: Global,
+        #[arg(long, default_value_t = 10)]
+        rooms: usize,
+        #[arg(long, default_value_t = 5)]
+        clients: usize,
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Writes in flight per client.
+        #[arg(long, default_value_t = 16)]
+        window: u32,
+    },
+    /// Many rooms with few idle clients: RSS per room and per connection, idle CPU.
+    Idle {
+        #[command(flatten)]
+        g: Global,
+        #[arg(long, default_value_t = 500)]
+        rooms: usize,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 3.0)]
+        settle: f64,
+    },
+    /// Combine JSON lines of several runs into one markdown table and an SVG chart.
+    Report {
+        /// File of JSON lines (other lines are ignored).
+        #[arg(long)]
+        input: PathBuf,
+        /// Label of the server the ratios are relative to.
+        #[arg(long, default_value = "ripple")]
+        baseline: String,
+        /// Label of the reference server the targets are judged against.
+        #[arg(long, default_value = "y-websocket-server")]
+        reference: String,
+        /// Write the markdown here (also printed).
+        #[arg(long)]
+        md: Option<PathBuf>,
+        /// Write the SVG chart here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Chart title.
+        #[arg(long, default_value = "Ripple vs peers")]
+        title: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (g, run): (Global, Box<dyn FnOnce(Common) -> Scenario>) = match cli.command {
+        Command::Report {
+            input,
+            baseline,
+            reference,
+            md,
+            svg,
+            title,
+        } => {
+            return report(&input, &baseline, &reference, md, svg, &title);
+        }
+        Command::Fanout {
+            g,
+            rooms,
+            clients,
+            rate,
+            duration,
+        } => (
+            g,
+            Box::new(move |c| {
+                Scenario::Fanout(
+                    c,
+                    FanoutOpts {
+                        rooms,
+                        clients,
+                        rate,
+                        duration_secs: duration,
+                    },
+                )
+            }),
+        ),
+        Command::Connect {
+            g,
+            clients,
+            rooms,
+            settle,
+        } => (
+            g,
+            Box::new(move |c| {
+                Scenario::Connect(
+                    c,
+                    ConnectOpts {
+                        clients,
+                        rooms,
+                        settle_secs: settle,
+                    },
+                )
+            }),
+        ),
+        Command::Bigdoc {
+            g,
+            text_inserts,
+            map_keys,
+            joins,
+            chunk,
+        } => (
+            g,
+            Box::new(move |c| {
+                Scenario::Bigdoc(
+                    c,
+                    BigdocOpts {
+                        text_inserts,
+                        map_keys,
+                        joins,
+                        chunk,
+                    },
+                )
+            }),
+        ),
+        Command::Burst {
+            g,
+            rooms,
+            clients,
+            duration,
+            window,
+        } => (
+            g,
+            Box::new(move |c| {
+                Scenario::Burst(
+                    c,
+                    BurstOpts {
+                        rooms,
+                        clients,
+                        duration_secs: duration,
+                        window,
+                    },
+                )
+            }),
+        ),
+        Command::Idle {
+            g,
+            rooms,
+            clients,
+            settle,
+        } => (
+            g,
+            Box::new(move |c| {
+                Scenario::Idle(
+                    c,
+                    IdleOpts {
+                        rooms,
+                        clients,
+                        settle_secs: settle,
+                    },
+                )
+            }),
+        ),
+    };
+    check_local(&g.url)?;
+    let common = Common {
+        target: Target {
+            url: g.url.clone(),
+            protocol: g.protocol,
+        },
+        label: g.label.clone(),
+        probe: Probe {
+            server_pid: g.server_pid,
+        },
+        connect_concurrency: g.connect_concurrency,
+        connect_timeout: Duration::from_secs_f64(g.connect_timeout),
+        drain_timeout: Duration::from_secs_f64(g.drain_timeout),
+    };
+    if let Some(pid) = g.server_pid {
+        if ripple_bench::procstat::sample_tree(pid).is_none() {
+            bail!("--server-pid {pid}: no such process");
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(g.threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    ripple_bench::conn::epoch();
+    let mut rep = runtime.block_on(run(common).run());
+    if let Some(name) = g.name {
+        rep.scenario = name;
+    }
+    print!("{}", rep.table());
+    let line = rep.json_line();
+    println!("{line}");
+    if let Some(path) = g.json_out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(f, "{line}")?;
+    }
+    // Let the sockets close before the runtime goes.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+enum Scenario {
+    Fanout(Common, FanoutOpts),
+    Connect(Common, ConnectOpts),
+    Bigdoc(Common, BigdocOpts),
+    Burst(Common, BurstOpts),
+    Idle(Common, IdleOpts),
+}
+
+impl Scenario {
+    async fn run(self) -> Report {
+        match self {
+            Scenario::Fanout(c, o) => scenario::fanout(&c, &o).await,
+            Scenario::Connect(c, o) => scenario::connect(&c, &o).await,
+            Scenario::Bigdoc(c, o) => scenario::bigdoc(&c, &o).await,
+            Scenario::Burst(c, o) => scenario::burst(&c, &o).await,
+            Scenario::Idle(c, o) => scenario::idle(&c, &o).await,
+        }
+    }
+}
+
+/// Load goes to this machine only.
+fn check_local(url: &str) -> anyhow::Result<()> {
+    let rest = url
+        .strip_prefix("ws://")
+        .context("--url must start with ws:// (local plain WebSocket only)")?;
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    if host == "localhost" || host == "[::1]" || host.starts_with("127.") {
+        Ok(())
+    } else {
+        bail!("refusing to load {host}: ripple-bench only targets 127.0.0.0/8, localhost or [::1]")
+    }
+}
+
+fn report(
+    input: &PathBuf,
+    baseline: &str,
+    reference: &str,
+    md: Option<PathBuf>,
+    svg: Option<PathBuf>,
+    title: &str,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
+    let reports = compare::parse_lines(&text);
+    if reports.is_empty() {
+        bail!("no reports in {}", input.display());
+    }
+    let mut out = compare::markdown(&reports, baseline);
+    out.push('\n');
+    out.push_str(&compare::targets_markdown(&compare::targets(
+        &reports, baseline, reference,
+    )));
+    print!("{out}");
+    if let Some(path) = md {
+        std::fs::write(&path, &out).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = svg {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).ok();
+        }
+        std::fs::write(&path, compare::svg(&reports, baseline, title))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
