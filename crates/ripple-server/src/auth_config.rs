@@ -133,6 +133,64 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses_and_its_documented_auth_keys_exist() {
+        let example = include_str!("../../../ripple.example.toml");
+        let config: crate::Config = toml::from_str(example).expect("ripple.example.toml parses");
+        assert_eq!(config.auth, AuthSettings::default());
+        assert_eq!(config.admin, AdminConfig::default());
+        // Every key documented (commented out) for the two modes.
+        let jwt = r#"
+            mode = "jwt"
+            close_on_expiry = true
+            secret = "s"
+            jwks_refresh = "10m"
+            jwks_min_refetch = "30s"
+            jwks_timeout = "5s"
+            algorithms = []
+            issuer = []
+            audience = []
+            leeway = "30s"
+            require_exp = true
+            default_rooms = []
+            default_access = "write"
+            max_token_bytes = 16384
+            [claims]
+            rooms = "rooms"
+            access = "access"
+            user = "sub"
+            user_info = "user"
+        "#;
+        let parsed: AuthSettings = toml::from_str(jwt).expect("jwt keys");
+        assert_eq!(
+            parsed.mode,
+            AuthConfig::Jwt(ripple_auth::JwtConfig {
+                secret: Some(Secret::new("s")),
+                ..Default::default()
+            })
+        );
+        let webhook = r#"
+            mode = "webhook"
+            url = "https://app.example/api/ripple-auth"
+            secret = "s"
+            timeout = "2500ms"
+            cache_ttl = "5s"
+            deny_cache_ttl = "1s"
+            cache_max_entries = 10000
+            max_concurrent = 64
+            max_token_bytes = 16384
+        "#;
+        let parsed: AuthSettings = toml::from_str(webhook).expect("webhook keys");
+        assert_eq!(
+            parsed.mode,
+            AuthConfig::Webhook(ripple_auth::WebhookConfig {
+                url: "https://app.example/api/ripple-auth".into(),
+                secret: Some(Secret::new("s")),
+                ..Default::default()
+            })
+        );
+    }
+
+    #[test]
     fn admin_token_needs_the_exact_bearer_value() {
         let open = AdminConfig::default();
         assert!(open.admits(None));

@@ -27,6 +27,14 @@ pub mod code {
     pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
+/// Shortens a close reason to the 123 bytes a close frame can carry (at a char boundary).
+pub fn fit_reason(mut reason: String) -> String {
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    reason
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     token: CancellationToken,
@@ -43,12 +51,7 @@ impl Closer {
         {
             let mut slot = self.0.reason.lock().unwrap_or_else(|e| e.into_inner());
             if slot.is_none() {
-                let mut reason = reason.into();
-                // A close frame's reason must fit in 123 bytes.
-                while reason.len() > 123 {
-                    reason.pop();
-                }
-                *slot = Some((code, reason));
+                *slot = Some((code, fit_reason(reason.into())));
             }
         }
         self.0.token.cancel();

@@ -22,8 +22,7 @@ use tokio::time::Instant;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::auth::Admission;
-
-use crate::closer::{code, Closer};
+use crate::closer::{code, fit_reason, Closer};
 use crate::registry::RoomHandle;
 use crate::room::{JoinError, Outbox, RoomMsg};
 use crate::stats::{dec, inc};
@@ -72,19 +71,41 @@ async fn serve_inner(
             debug!(error = %e, "join refused");
             let frame = CloseFrame {
                 code: e.close_code(),
-                reason: e.to_string().into(),
+                reason: fit_reason(e.to_string()).into(),
             };
-            let _ = socket.send(WsMessage::Close(Some(frame))).await;
+            if socket.send(WsMessage::Close(Some(frame))).await.is_ok() {
+                linger_for_close(&mut socket).await;
+            }
             return;
         }
     };
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let writer =
         tokio::spawn(write_loop(sink, frames_rx, closer.clone(), ctx.clone()).in_current_span());
-    read_loop(stream, &room, conn, &closer, expires, ctx).await;
+    let peer_closed = read_loop(&mut stream, &room, conn, &closer, expires, ctx).await;
     let _ = room.tx.send(RoomMsg::Leave { conn }).await;
     closer.close(code::NORMAL, "");
     let _ = writer.await;
+    if !peer_closed {
+        linger_for_close(&mut stream).await;
+    }
+}
+
+/// After sending a close frame, reads (and discards) until the peer's close arrives or a second
+/// passes. Dropping a socket with unread input makes the kernel send a reset, which can destroy
+/// our close frame before the client reads it; the client would see 1006 instead of our code.
+async fn linger_for_close<S>(stream: &mut S)
+where
+    S: futures_util::Stream<Item = Result<WsMessage, axum::Error>> + Unpin,
+{
+    let drain = async {
+        while let Some(Ok(frame)) = stream.next().await {
+            if matches!(frame, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
 }
 
 /// Joins the room, retrying once or twice if the actor we were given was retiring.
@@ -139,25 +160,27 @@ async fn expiry(deadline: Option<Instant>) {
     }
 }
 
+/// Reads until the connection should end. Returns true when the peer closed (close frame or
+/// end of stream), false when we decided to close.
 async fn read_loop(
-    mut stream: SplitStream<WebSocket>,
+    stream: &mut SplitStream<WebSocket>,
     room: &RoomHandle,
     conn: ConnId,
     closer: &Closer,
     expires: Option<Instant>,
     ctx: &ServerCtx,
-) {
+) -> bool {
     let mut reassembler = Reassembler::new(ctx.config.max_message_bytes);
     let idle = ctx.config.idle_timeout();
     let expired = expiry(expires);
     tokio::pin!(expired);
     loop {
         let next = tokio::select! {
-            _ = closer.closed() => return,
+            _ = closer.closed() => return false,
             _ = &mut expired => {
                 debug!("closing connection: token expired");
                 closer.close(code::TOKEN_EXPIRED, "token expired");
-                return;
+                return false;
             }
             next = tokio::time::timeout(idle, stream.next()) => next,
         };
@@ -167,21 +190,22 @@ async fn read_loop(
                     code::GOING_AWAY,
                     "no message or pong within the idle timeout",
                 );
-                return;
+                return false;
             }
-            Ok(None) => return,
+            Ok(None) => return true,
             Ok(Some(Err(e))) => {
                 if is_capacity_error(e) {
                     closer.close(code::TOO_BIG, "message exceeds max_message_bytes");
+                    return false;
                 }
-                return;
+                return true;
             }
             Ok(Some(Ok(frame))) => frame,
         };
         let assembled = match frame {
             WsMessage::Binary(bytes) => reassembler.binary(bytes),
             WsMessage::Text(text) => reassembler.text(text.as_str()),
-            WsMessage::Close(_) => return,
+            WsMessage::Close(_) => return true,
             WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
         };
         let msg = match assembled.and_then(|frame| frame.map(Message::decode).transpose()) {
@@ -196,16 +220,16 @@ async fn read_loop(
                     _ => code::PROTOCOL_ERROR,
                 };
                 closer.close(code, e.to_string());
-                return;
+                return false;
             }
         };
         let sent = tokio::select! {
-            _ = closer.closed() => return,
+            _ = closer.closed() => return false,
             sent = room.tx.send(RoomMsg::Frame { conn, msg }) => sent,
         };
         if sent.is_err() {
             closer.close(code::INTERNAL_ERROR, "room closed");
-            return;
+            return false;
         }
     }
 }

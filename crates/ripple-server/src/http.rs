@@ -31,6 +31,13 @@ pub(crate) fn router(ctx: Arc<ServerCtx>) -> Router {
 async fn ready(State(ctx): State<Arc<ServerCtx>>) -> Response {
     if ctx.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if ctx
+        .stats
+        .storage_failing
+        .load(std::sync::atomic::Ordering::Relaxed)
+        != 0
+    {
+        (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable").into_response()
     } else {
         "ready".into_response()
     }

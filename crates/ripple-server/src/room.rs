@@ -7,13 +7,14 @@
 //! update another client has seen is always on disk (in strict durability), and many updates
 //! share one commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ripple_core::awareness::ConnId;
-use ripple_core::room::{Access, Room};
+use ripple_core::room::{fold, Access, Room};
 use ripple_core::{RoomKey, Store, StoredRoom};
 use ripple_proto::Message;
 use tokio::sync::mpsc::error::TrySendError;
@@ -108,10 +109,10 @@ struct Actor {
     conns: HashMap<ConnId, ConnState>,
     /// Last sequence number stored for this room.
     last_seq: u64,
-    /// Bytes appended since the last snapshot.
+    /// The stored log after the snapshot: `(seq, bytes)` per update, oldest first.
+    log: VecDeque<(u64, u64)>,
+    /// Sum of the sizes in `log`.
     log_bytes: u64,
-    /// Updates appended since the last snapshot.
-    log_updates: u64,
     /// A compaction running in the background, if any.
     compaction: Option<tokio::task::JoinHandle<()>>,
     out: Vec<(Target, Bytes)>,
@@ -122,7 +123,7 @@ struct Actor {
 pub(crate) async fn run(key: RoomKey, env: Arc<RoomEnv>, mut inbox: mpsc::Receiver<RoomMsg>) {
     let persist = env.config.persist_for(key.party());
     let loaded = load(&key, &env, persist).await;
-    let (room, stored_seq, log_bytes, log_updates) = match loaded {
+    let (room, stored_seq, log) = match loaded {
         Ok(v) => v,
         Err(reason) => {
             inc(&env.stats.room_load_failures);
@@ -149,31 +150,34 @@ pub(crate) async fn run(key: RoomKey, env: Arc<RoomEnv>, mut inbox: mpsc::Receiv
         room,
         conns: HashMap::new(),
         last_seq: stored_seq,
-        log_bytes,
-        log_updates,
+        log_bytes: log.iter().map(|(_, len)| len).sum(),
+        log,
         compaction: None,
         out: Vec::new(),
     };
     actor.run(&mut inbox).await;
 }
 
-type Loaded = (Room, u64, u64, u64);
+type Loaded = (Room, u64, VecDeque<(u64, u64)>);
 
 async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Loaded, String> {
     let max_aw = env.config.max_awareness_per_conn;
     if persist == PersistMode::None {
-        return Ok((Room::new(max_aw), 0, 0, 0));
+        return Ok((Room::new(max_aw), 0, VecDeque::new()));
     }
     let stored: StoredRoom = env.store.load(key).await.map_err(|e| e.to_string())?;
     let seq = stored.last_seq();
-    let log_bytes = stored.updates.iter().map(|(_, u)| u.len() as u64).sum();
-    let log_updates = stored.updates.len() as u64;
+    let log = stored
+        .updates
+        .iter()
+        .map(|(seq, u)| (*seq, u.len() as u64))
+        .collect();
     // Decoding a large document is CPU work; keep it off the async workers.
     let room = tokio::task::spawn_blocking(move || Room::load(&stored, max_aw))
         .await
         .map_err(|e| format!("load task failed: {e}"))?
         .map_err(|e| e.to_string())?;
-    Ok((room, seq, log_bytes, log_updates))
+    Ok((room, seq, log))
 }
 
 /// Answers every join waiting in the inbox with `err`, then closes the inbox.
@@ -253,12 +257,22 @@ impl Actor {
         }
         if !updates.is_empty() {
             let count = updates.len() as u64;
-            let bytes: u64 = updates.iter().map(|u| u.len() as u64).sum();
+            let sizes: Vec<u64> = updates.iter().map(|u| u.len() as u64).collect();
             if self.persist != PersistMode::None {
                 match self.env.store.append(&self.key, updates).await {
-                    Ok(seq) => self.last_seq = seq,
+                    Ok(seq) => {
+                        self.env.stats.storage_failing.store(0, Relaxed);
+                        // One append stores its updates under consecutive sequence numbers.
+                        let first = seq + 1 - count;
+                        for (i, len) in sizes.into_iter().enumerate() {
+                            self.log.push_back((first + i as u64, len));
+                            self.log_bytes += len;
+                        }
+                        self.last_seq = seq;
+                    }
                     Err(e) => {
                         inc(&self.env.stats.store_failures);
+                        self.env.stats.storage_failing.store(1, Relaxed);
                         error!(room = %self.key, error = %e, "append failed; closing the room");
                         self.out.clear();
                         for (_, c) in self.conns.drain() {
@@ -270,12 +284,7 @@ impl Actor {
                     }
                 }
             }
-            self.env
-                .stats
-                .updates_applied
-                .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
-            self.log_bytes += bytes;
-            self.log_updates += count;
+            self.env.stats.updates_applied.fetch_add(count, Relaxed);
         }
         self.flush();
         self.maybe_compact(false);
@@ -408,41 +417,67 @@ impl Actor {
     }
 
     /// Starts a background compaction when the mode asks for one (`force`: the room emptied).
+    ///
+    /// Snapshot mode folds the whole log into the snapshot, from the document in memory (which
+    /// holds exactly the snapshot plus every stored update). History mode folds only the oldest
+    /// entries, until what is left fits in half the limits; it rebuilds that prefix from storage
+    /// in the background task.
     fn maybe_compact(&mut self, force: bool) {
-        if self.persist == PersistMode::None || self.log_updates == 0 {
+        if self.persist == PersistMode::None || self.log.is_empty() {
             return;
         }
         if self.compaction.as_ref().is_some_and(|h| !h.is_finished()) {
             return;
         }
         let cfg = &self.env.config;
-        let due = match self.persist {
-            PersistMode::Snapshot => force || self.log_bytes > cfg.compact_after_bytes,
-            PersistMode::History => {
-                self.log_bytes > cfg.history_max_bytes || self.log_updates > cfg.history_max_updates
-            }
-            PersistMode::None => false,
-        };
-        if !due {
-            return;
-        }
-        let snapshot = self.room.encode_state();
-        let through = self.last_seq;
         let (store, stats, key) = (
             self.env.store.clone(),
             self.env.stats.clone(),
             self.key.clone(),
         );
-        self.log_bytes = 0;
-        self.log_updates = 0;
+        let task = match self.persist {
+            PersistMode::Snapshot => {
+                if !force && self.log_bytes <= cfg.compact_after_bytes {
+                    return;
+                }
+                let snapshot = self.room.encode_state();
+                let through = self.last_seq;
+                self.log.clear();
+                self.log_bytes = 0;
+                Compaction {
+                    through,
+                    snapshot: Some(snapshot),
+                }
+            }
+            PersistMode::History => {
+                let (max_bytes, max_updates) = (cfg.history_max_bytes, cfg.history_max_updates);
+                if self.log_bytes <= max_bytes && self.log.len() as u64 <= max_updates {
+                    return;
+                }
+                let mut through = 0;
+                while self.log_bytes > max_bytes / 2 || self.log.len() as u64 > max_updates / 2 {
+                    let Some((seq, len)) = self.log.pop_front() else {
+                        break;
+                    };
+                    self.log_bytes -= len;
+                    through = seq;
+                }
+                Compaction {
+                    through,
+                    snapshot: None,
+                }
+            }
+            PersistMode::None => return,
+        };
         self.compaction = Some(tokio::spawn(async move {
-            match store.compact(&key, snapshot, through).await {
+            let through = task.through;
+            match task.run(store.as_ref(), &key).await {
                 Ok(()) => {
                     inc(&stats.compactions);
                     debug!(room = %key, through, "compacted");
                 }
-                // The log is still complete; the next compaction covers it.
-                Err(e) => warn!(room = %key, error = %e, "compaction failed"),
+                // The log is still complete; a later compaction covers it.
+                Err(e) => warn!(room = %key, through, error = %e, "compaction failed"),
             }
         }));
     }
@@ -469,6 +504,32 @@ impl Actor {
         if let Some(handle) = self.compaction.take() {
             let _ = handle.await;
         }
+    }
+}
+
+/// A compaction through `through`: with the snapshot already built, or rebuilt from storage.
+struct Compaction {
+    through: u64,
+    snapshot: Option<Bytes>,
+}
+
+impl Compaction {
+    async fn run(self, store: &dyn Store, key: &RoomKey) -> Result<(), String> {
+        let snapshot = match self.snapshot {
+            Some(snapshot) => snapshot,
+            None => {
+                let stored = store.load(key).await.map_err(|e| e.to_string())?;
+                let through = self.through;
+                tokio::task::spawn_blocking(move || fold(&stored, through))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        store
+            .compact(key, snapshot, self.through)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Stats {
     pub store_failures: AtomicU64,
     /// Compactions completed.
     pub compactions: AtomicU64,
+    /// 1 while the last append failed (storage down or full), 0 once one succeeds again.
+    pub storage_failing: AtomicU64,
 }
 
 /// Increments a counter.
@@ -44,7 +46,7 @@ pub(crate) fn dec(c: &AtomicU64) {
 impl Stats {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64); 11] = [
+        let rows: [(&str, &str, &AtomicU64); 12] = [
             ("ripple_rooms_loaded_total", "counter", &self.rooms_loaded),
             ("ripple_rooms_active", "gauge", &self.rooms_active),
             (
@@ -84,6 +86,7 @@ impl Stats {
                 &self.store_failures,
             ),
             ("ripple_compactions_total", "counter", &self.compactions),
+            ("ripple_storage_failing", "gauge", &self.storage_failing),
         ];
         let mut out = String::new();
         for (name, kind, value) in rows {

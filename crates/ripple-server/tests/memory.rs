@@ -44,7 +44,11 @@ async fn memory_returns_to_baseline_after_rooms_unload() {
         let mut c = server.client(&format!("mem-{i}")).await;
         insert_text(&c, 0, &payload);
         server
-            .wait_stat("applied", |s| &s.updates_applied, |n| n > applied_before + i as u64)
+            .wait_stat(
+                "applied",
+                |s| &s.updates_applied,
+                |n| n > applied_before + i as u64,
+            )
             .await;
         c.close();
         let _ = c.wait_closed(WAIT).await;

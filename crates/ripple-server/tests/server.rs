@@ -530,6 +530,19 @@ async fn a_failed_commit_closes_the_room_and_nothing_is_broadcast() {
         "an update that was not stored is never broadcast"
     );
     assert_eq!(server.stat(|s| &s.store_failures), 1);
+    assert_eq!(
+        http_get(server.addr, "/readyz").await.0,
+        503,
+        "readiness reflects storage"
+    );
+    assert_eq!(http_get(server.addr, "/healthz").await.0, 200);
+    // A healthy room's successful append makes the server ready again.
+    let c = server.client("healthy-again").await;
+    insert_text(&c, 0, "x");
+    server
+        .wait_stat("storage ok", |s| &s.storage_failing, |n| n == 0)
+        .await;
+    assert_eq!(http_get(server.addr, "/readyz").await.0, 200);
 }
 
 #[tokio::test]

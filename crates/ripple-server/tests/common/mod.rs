@@ -131,3 +131,20 @@ pub async fn wait_text(c: &mut Client, want: &str) {
         .await;
     assert!(res.is_ok(), "text is {:?}, wanted {:?}", text(c), want);
 }
+
+/// A plain HTTP/1.0 GET; returns (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = String::new();
+    stream.read_to_string(&mut buf).await.expect("read");
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
