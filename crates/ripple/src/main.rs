@@ -1,7 +1,9 @@
 //! The `ripple` binary: `dev` and `serve` run the server; the other subcommands operate on
 //! stored rooms and tokens. Configuration layering lives in [`settings`].
 
+mod auth;
 mod settings;
+mod token;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -32,6 +34,8 @@ enum Command {
     Dev(ServeArgs),
     /// Run the production server (settings from ripple.toml, RIPPLE_* variables and flags).
     Serve(ServeArgs),
+    /// Print one HS256 token for development and scripts (alone on the last line of stdout).
+    Token(token::TokenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => runtime.block_on(serve(args, true)),
         Command::Serve(args) => runtime.block_on(serve(args, false)),
+        Command::Token(args) => token::run(args),
     }
 }
 
@@ -74,7 +79,9 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     init_logging(dev);
-    let config = settings::load(&args, dev)?;
+    let mut config = settings::load(&args, dev)?;
+    auth::apply_env(&mut config)?;
+    let authorizer = auth::authorizer(&config, dev)?;
     let store = open_store(&config).await?;
     let addr = format!("{}:{}", config.host, config.port);
     let listener = TcpListener::bind(&addr)
@@ -91,7 +98,9 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     // The one line on stdout: scripts and tests wait for it.
     println!("ripple listening on http://{local}");
     std::io::stdout().flush().ok();
-    Server::new(config, store)
+    let mut server = Server::new(config, store);
+    server.auth = authorizer;
+    server
         .run(listener, shutdown_signal())
         .await
         .context("serving")?;
