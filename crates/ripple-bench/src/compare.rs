@@ -427,7 +427,7 @@ mod tests {
         ];
         let md = markdown(&reports, "ripple");
         assert!(
-            md.contains("| fanout | cpu_us_per_delivered (µs) | lower | 2.00 | 30.0 (×15.0) |"),
+            md.contains("| fanout | cpu_us_per_delivered (µs) | lower | 2.00 | 30.00 (×15.0) |"),
             "{md}"
         );
         let checks = targets(&reports, "ripple", "ref");

@@ -113,7 +113,11 @@ impl Conn {
         doc_name: &str,
         client_id: u64,
     ) -> Result<Self, ConnError> {
-        let mut config = WebSocketConfig::default();
+        // Small buffers: tungstenite's default preallocates 128 KiB per socket, which would make
+        // the load generator, not the server, the memory hog at 10,000 connections.
+        let mut config = WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
+            .write_buffer_size(0);
         config.max_message_size = Some(256 << 20);
         config.max_frame_size = Some(256 << 20);
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)

@@ -198,7 +198,7 @@ pub async fn fanout(c: &Common, o: &FanoutOpts) -> Report {
     s.drain(sent.clone(), c.drain_timeout).await;
     let end = c.probe.read();
     let reports = s.finish().await;
-    finish_writes(&mut r, c, ready, &sent, &reports, start_us, &start, &end);
+    finish_writes(&mut r, ready, &sent, &reports, start_us, &start, &end);
     r
 }
 
@@ -243,14 +243,13 @@ pub async fn burst(c: &Common, o: &BurstOpts) -> Report {
         "/s",
         Better::Higher,
     );
-    finish_writes(&mut r, c, ready, &sent, &reports, start_us, &start, &end);
+    finish_writes(&mut r, ready, &sent, &reports, start_us, &start, &end);
     r
 }
 
 #[allow(clippy::too_many_arguments)]
 fn finish_writes(
     r: &mut Report,
-    c: &Common,
     ready: usize,
     sent: &[u64],
     reports: &[ClientReport],
@@ -307,7 +306,6 @@ fn finish_writes(
     );
     resource_figures(r, start, end);
     tally(reports, Some(sent), &mut r.errors);
-    let _ = c;
 }
 
 /// `connect` parameters.
@@ -516,7 +514,7 @@ pub async fn bigdoc(c: &Common, o: &BigdocOpts) -> Report {
     let mut r = c.report("bigdoc", json!(o));
     let room = c.rooms("bigdoc", 1).remove(0);
     let url = |n: u64| c.target.url_for(&room, n);
-    let base_id = 1 + (u64::from(std::process::id()) << 20) % (1 << 31);
+    let base_id = crate::session::CLIENT_ID_BASE;
     let proto = c.target.protocol;
 
     let seed_start = Instant::now();

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: the same scenarios, with the same parameters, against Ripple and the
+# servers people use today, each on a fresh process per scenario, on this machine only.
+#
+#   bench/compare.sh                      # everything (about 6-8 minutes on 2 cores)
+#   SERVERS="ripple hocuspocus" bench/compare.sh
+#   SCENARIOS="fanout burst" bench/compare.sh
+#   OUT=/tmp/bench bench/compare.sh       # where results.jsonl, logs and table.md go
+#
+# Servers: ripple (release build, SQLite, snapshot persistence, strict durability),
+# y-websocket-server (@y/websocket-server 0.1.1, in memory), hocuspocus (@hocuspocus/server 3,
+# in memory), partykit (partykit 0.0.115 dev + y-partykit 0.0.33, snapshot persistence).
+# Prints one markdown table (each figure per server with its ratio to Ripple) and the issue's
+# targets, and writes the chart to docs/bench/compare.svg.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+SERVERS=${SERVERS:-"ripple y-websocket-server hocuspocus partykit"}
+SCENARIOS=${SCENARIOS:-"fanout burst connect idle bigdoc"}
+OUT=${OUT:-"$ROOT/target/bench-compare"}
+CHART=${CHART:-"$ROOT/docs/bench/compare.svg"}
+# Ripple alone also runs connect with this many clients (the 10,000-connection target); 0 skips.
+BIG_CONNECT=${BIG_CONNECT:-10000}
+
+# Scenario parameters: identical for every server.
+FANOUT_ARGS=${FANOUT_ARGS:-"--rooms 10 --clients 11 --rate 10 --duration 10"}
+BURST_ARGS=${BURST_ARGS:-"--rooms 10 --clients 5 --duration 5 --window 16"}
+CONNECT_ARGS=${CONNECT_ARGS:-"--clients 2000 --rooms 20"}
+IDLE_ARGS=${IDLE_ARGS:-"--rooms 500 --clients 4 --settle 3"}
+BIGDOC_ARGS=${BIGDOC_ARGS:-"--text-inserts 200000 --map-keys 10000 --joins 20"}
+
+mkdir -p "$OUT" "$(dirname "$CHART")"
+RESULTS="$OUT/results.jsonl"
+: > "$RESULTS"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+
+log() { printf '\n### %s\n' "$*" >&2; }
+
+log "building ripple and ripple-bench (release)"
+cargo build --release -q -p ripple -p ripple-bench
+BENCH="$ROOT/target/release/ripple-bench"
+
+needs_node=0
+for s in $SERVERS; do [ "$s" != ripple ] && needs_node=1; done
+if [ "$needs_node" = 1 ] && { [ ! -d bench/node_modules ] || [ bench/package-lock.json -nt bench/node_modules ]; }; then
+  log "installing the peers from bench/package-lock.json"
+  (cd bench && npm ci --no-audit --no-fund)
+fi
+
+SERVER_PID=""
+PORT=""
+DATA=""
+
+free_port() {
+  node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
+}
+
+# Starts $1 in its own process group; sets SERVER_PID, PORT.
+start_server() {
+  local name=$1 logf="$OUT/$1.$2.log"
+  DATA=$(mktemp -d "${TMPDIR:-/tmp}/ripple-bench-$name.XXXXXX")
+  case $name in
+    ripple)
+      setsid "$ROOT/target/release/ripple" serve --host 127.0.0.1 --port 0 --data-dir "$DATA" \
+        --storage sqlite --persist snapshot --durability strict >"$logf" 2>&1 &
+      ;;
+    y-websocket-server)
+      setsid node bench/peers/y-websocket-server.mjs --port 0 >"$logf" 2>&1 &
+      ;;
+    hocuspocus)
+      setsid node bench/peers/hocuspocus.mjs --port 0 >"$logf" 2>&1 &
+      ;;
+    partykit)
+      local p
+      p=$(free_port)
+      (cd bench/peers/partykit && exec setsid ../../node_modules/.bin/partykit dev --no-hotkeys \
+        --disable-request-cf-fetch --compatibility-date 2024-07-18 --port "$p" \
+        --persist "$DATA/state") >"$logf" 2>&1 &
+      ;;
+    *) echo "unknown server $name" >&2; exit 2 ;;
+  esac
+  SERVER_PID=$!
+  PORT=""
+  for _ in $(seq 1 300); do
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      echo "$name exited during startup; log:" >&2; cat "$logf" >&2; exit 1
+    fi
+    if [ "$name" = partykit ]; then
+      if grep -q "Ready on" "$logf" 2>/dev/null; then PORT=$p; fi
+    else
+      PORT=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$logf" 2>/dev/null | grep -o '[0-9]*$' || true)
+    fi
+    [ -n "$PORT" ] && break
+    sleep 0.1
+  done
+  [ -n "$PORT" ] || { echo "$name did not start; log:" >&2; cat "$logf" >&2; exit 1; }
+}
+
+stop_server() {
+  [ -n "$SERVER_PID" ] || return 0
+  kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
+  for _ in $(seq 1 50); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL -- "-$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+  rm -rf "$DATA"
+}
+trap stop_server EXIT
+
+url_for() {
+  case $1 in
+    partykit) echo "ws://127.0.0.1:$PORT/parties/main/{room}?_pk={conn}" ;;
+    *) echo "ws://127.0.0.1:$PORT/{room}" ;;
+  esac
+}
+
+proto_for() {
+  case $1 in
+    hocuspocus) echo hocuspocus ;;
+    *) echo yws ;;
+  esac
+}
+
+run() {
+  local server=$1 scenario=$2 name=$3
+  shift 3
+  start_server "$server" "$name"
+  log "$name against $server (pid $SERVER_PID, port $PORT)"
+  # shellcheck disable=SC2046
+  "$BENCH" "$scenario" --label "$server" --name "$name" --protocol "$(proto_for "$server")" \
+    --url "$(url_for "$server")" --server-pid "$SERVER_PID" --json-out "$RESULTS" "$@" \
+    | grep -v '^{' || echo "ripple-bench $scenario against $server failed" >&2
+  stop_server
+  sleep 1
+}
+
+args_for() {
+  case $1 in
+    fanout) echo "$FANOUT_ARGS" ;;
+    burst) echo "$BURST_ARGS" ;;
+    connect) echo "$CONNECT_ARGS" ;;
+    idle) echo "$IDLE_ARGS" ;;
+    bigdoc) echo "$BIGDOC_ARGS" ;;
+  esac
+}
+
+started=$(date +%s)
+for server in $SERVERS; do
+  for scenario in $SCENARIOS; do
+    # shellcheck disable=SC2046
+    run "$server" "$scenario" "$scenario" $(args_for "$scenario")
+  done
+  if [ "$server" = ripple ] && [ "$BIG_CONNECT" -gt 0 ]; then
+    run ripple connect connect-10k --clients "$BIG_CONNECT" --rooms 100 --connect-concurrency 128
+  fi
+done
+
+log "comparison ($(($(date +%s) - started)) s of runs; raw results in $RESULTS)"
+"$BENCH" report --input "$RESULTS" --md "$OUT/table.md" --svg "$CHART" \
+  --title "Ripple vs peers on $(nproc) cores ($(date -u +%Y-%m-%d))"
