@@ -28,7 +28,10 @@ async fn start() -> (String, oneshot::Sender<()>) {
     tokio::spawn(server.run(listener, async move {
         let _ = stopped.await;
     }));
-    (format!("ws://{addr}/parties/main/{{room}}?_pk={{conn}}"), stop)
+    (
+        format!("ws://{addr}/parties/main/{{room}}?_pk={{conn}}"),
+        stop,
+    )
 }
 
 fn common(url: String) -> Common {
