@@ -43,7 +43,7 @@ fn time<T>(f: impl FnOnce() -> T) -> (T, f64) {
 fn main() {
     println!("| state | updates in log | log bytes | load from log | fold (compact) | snapshot bytes | load from snapshot |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (label, n, chunk) in [("~1 MB", 20_000, 50), ("~10 MB", 100_000, 100)] {
+    for (label, n, chunk) in [("~1 MB", 20_000, 50), ("~10 MB", 50_000, 200)] {
         let updates = log(n, chunk);
         let log_bytes: usize = updates.iter().map(|(_, u)| u.len()).sum();
         let stored = StoredRoom {

@@ -1,6 +1,7 @@
 //! The `ripple` binary: `dev` and `serve` run the server; the other subcommands operate on
 //! stored rooms and tokens. Configuration layering lives in [`settings`].
 
+mod admin;
 mod auth;
 mod settings;
 mod token;
@@ -11,9 +12,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ripple_core::{MemoryStore, Store};
-use ripple_server::{Config, PersistMode, Server};
+use ripple_server::{Config, Durability, PersistMode, Server};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::info;
 
 use settings::ServeArgs;
 
@@ -36,6 +37,16 @@ enum Command {
     Serve(ServeArgs),
     /// Print one HS256 token for development and scripts (alone on the last line of stdout).
     Token(token::TokenArgs),
+    /// List stored rooms with their size, update count and last change.
+    Rooms(admin::RoomsArgs),
+    /// Write a room's state as one Yjs update (or --json of its root types).
+    Export(admin::ExportArgs),
+    /// Append a Yjs update from a file to a room (best done while the room is not loaded).
+    Import(admin::ImportArgs),
+    /// Fold the update log of one room (or all) into its snapshot.
+    Compact(admin::MaintainArgs),
+    /// Check stored records (checksums, decoding); --salvage quarantines bad ones.
+    Fsck(admin::MaintainArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +59,16 @@ fn main() -> anyhow::Result<()> {
         Command::Dev(args) => runtime.block_on(serve(args, true)),
         Command::Serve(args) => runtime.block_on(serve(args, false)),
         Command::Token(args) => token::run(args),
+        Command::Rooms(args) => runtime.block_on(admin::rooms(args)),
+        Command::Export(args) => runtime.block_on(admin::export(args)),
+        Command::Import(args) => runtime.block_on(admin::import(args)),
+        Command::Compact(args) => runtime.block_on(admin::compact(args)),
+        Command::Fsck(args) => {
+            if !runtime.block_on(admin::fsck(args))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -66,15 +87,27 @@ fn init_logging(dev: bool) {
     }
 }
 
+/// The storage layer's durability for the configured one.
+pub(crate) fn store_durability(d: Durability) -> ripple_store::Durability {
+    match d {
+        Durability::Strict => ripple_store::Durability::Strict,
+        Durability::Relaxed => ripple_store::Durability::Relaxed,
+    }
+}
+
 async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    if config.persist == PersistMode::None || config.storage == "memory" {
+    if config.persist == PersistMode::None {
         return Ok(Arc::new(MemoryStore::new()));
     }
-    warn!(
-        storage = %config.storage,
-        "durable storage is not wired in yet: state is kept in memory only"
-    );
-    Ok(Arc::new(MemoryStore::new()))
+    let durability = store_durability(config.durability);
+    ripple_store::open_store(&config.storage, &config.data_dir, durability)
+        .await
+        .with_context(|| format!("opening storage {:?}", storage_label(&config.storage)))
+}
+
+/// The storage spec without credentials, for logs.
+fn storage_label(spec: &str) -> &str {
+    spec.split_once("://").map_or(spec, |(scheme, _)| scheme)
 }
 
 async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
@@ -90,7 +123,7 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     let local = listener.local_addr().context("reading the bound address")?;
     info!(
         persist = ?config.persist,
-        storage = %config.storage,
+        storage = storage_label(&config.storage),
         data_dir = %config.data_dir.display(),
         "ripple {} starting",
         env!("CARGO_PKG_VERSION")
