@@ -3,35 +3,14 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, SystemTime};
 
 use ripple_auth::{Access, AuthConfig, AuthError, AuthRequest, Authenticator, JwtConfig, Secret};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ripple");
+mod common;
 
-fn ripple() -> Command {
-    let mut cmd = Command::new(BIN);
-    for var in [
-        "RIPPLE_AUTH_JWT_SECRET",
-        "RIPPLE_ADMIN_TOKEN",
-        "RIPPLE_CONFIG",
-        "RIPPLE_PORT",
-        "RIPPLE_HOST",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.current_dir(scratch_dir());
-    cmd
-}
-
-/// An empty directory of this test process (no ripple.toml in it).
-fn scratch_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ripple-auth-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
+use common::{listening_port, ripple};
 
 /// Runs `ripple token ...`; returns the last line of stdout.
 fn mint(args: &[&str], env: &[(&str, &str)]) -> String {
@@ -163,17 +142,7 @@ fn serve(env: &[(&str, &str)]) -> Serve {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn ripple serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("listening line");
-    let port = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let port = listening_port(&mut child);
     Serve { child, port }
 }
 

@@ -2,7 +2,6 @@
 //! commands work on what the server stored, and corrupt records are reported, refused and
 //! salvaged without deleting anything.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -17,9 +16,9 @@ struct Ripple {
     port: u16,
 }
 
-fn ripple() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ripple"))
-}
+mod common;
+
+use common::{listening_port, ripple};
 
 impl Ripple {
     fn start(data_dir: &Path, extra: &[&str]) -> Self {
@@ -33,17 +32,7 @@ impl Ripple {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn ripple");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read listening line");
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        let port = listening_port(&mut child);
         Self { child, port }
     }
 
