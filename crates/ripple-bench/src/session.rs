@@ -359,18 +359,20 @@ async fn client_task(
         drained: false,
     };
     let room_name = shared.rooms[room].clone();
-    let started = Instant::now();
-    let conn = {
+    let (conn, started) = {
         let _permit = shared.sem.acquire().await;
+        // Connect time counts from the permit: waiting for a turn is the driver's queue.
+        let started = Instant::now();
         let url = shared.target.url_for(&room_name, u64::from(index));
-        Conn::open_synced(
+        let conn = Conn::open_synced(
             &url,
             shared.target.protocol,
             &room_name,
             shared.client_id_base + u64::from(index),
             shared.connect_timeout,
         )
-        .await
+        .await;
+        (conn, started)
     };
     let conn = match conn {
         Ok(mut c) if shared.awareness => {
