@@ -9,4 +9,4 @@ pub mod room_id;
 pub mod store;
 
 pub use room_id::{RoomIdError, RoomKey, DEFAULT_PARTY};
-pub use store::{BoxFuture, MemoryStore, RoomInfo, Store, StoreError, StoredRoom};
+pub use store::{BoxFuture, Durability, MemoryStore, RoomInfo, Store, StoreError, StoredRoom};

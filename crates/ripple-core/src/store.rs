@@ -17,6 +17,22 @@ use bytes::Bytes;
 
 use crate::room_id::RoomKey;
 
+/// How hard a durable backend works before it acknowledges an append. Either way an append is
+/// acknowledged only after its transaction committed, and nothing is broadcast before that; the
+/// difference is what survives a power loss or OS crash (a process crash loses nothing in either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledge after commit *and* fsync (SQLite `synchronous=FULL`; Postgres
+    /// `synchronous_commit=on`). Nothing acknowledged is ever lost.
+    #[default]
+    Strict,
+    /// Acknowledge after commit and let the OS flush later (SQLite WAL with
+    /// `synchronous=NORMAL`; Postgres `synchronous_commit=off`). A power loss may lose the last
+    /// moments of acknowledged writes, but never corrupts the database.
+    Relaxed,
+}
+
 /// A boxed, sendable future, so that `Store` stays object-safe (`Arc<dyn Store>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -26,17 +26,7 @@ pub enum PersistMode {
     None,
 }
 
-/// When an accepted update becomes visible to other clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// Committed and synced to disk before it is broadcast.
-    #[default]
-    Strict,
-    /// Committed before it is broadcast, but the backend may sync lazily (SQLite
-    /// `synchronous=NORMAL`): an OS crash may lose the last moments, a process crash does not.
-    Relaxed,
-}
+pub use ripple_core::Durability;
 
 /// Server configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

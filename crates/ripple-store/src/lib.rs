@@ -42,21 +42,7 @@ pub use postgres::{PostgresOptions, PostgresStore};
 pub use record::RecordKind;
 pub use sqlite::SqliteStore;
 
-/// How hard a durable backend works before it acknowledges an append.
-///
-/// Either way an append is acknowledged only after its transaction committed; the difference
-/// is what survives a power loss or OS crash (a process crash loses nothing in either mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// Acknowledge after commit *and* fsync (SQLite `synchronous=FULL`; Postgres
-    /// `synchronous_commit=on`). Nothing acknowledged is ever lost.
-    #[default]
-    Strict,
-    /// Acknowledge after commit, let the OS flush later (SQLite WAL with `synchronous=NORMAL`;
-    /// Postgres `synchronous_commit=off`). A power loss may lose the last moments of
-    /// acknowledged writes, but never corrupts the database.
-    Relaxed,
-}
+pub use ripple_core::Durability;
 
 /// An opened backend, with the maintenance operations the CLI needs next to the [`Store`] seam.
 #[derive(Clone)]

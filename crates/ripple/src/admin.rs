@@ -89,13 +89,9 @@ pub struct RoomsArgs {
 
 async fn open(settings: &ServeArgs) -> anyhow::Result<(Backend, usize)> {
     let config = settings::load(settings, false)?;
-    let backend = Backend::open(
-        &config.storage,
-        &config.data_dir,
-        crate::store_durability(config.durability),
-    )
-    .await
-    .context("opening storage")?;
+    let backend = Backend::open(&config.storage, &config.data_dir, config.durability)
+        .await
+        .context("opening storage")?;
     Ok((backend, config.max_room_id_len))
 }
 

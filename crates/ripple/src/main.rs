@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ripple_core::{MemoryStore, Store};
-use ripple_server::{Config, Durability, PersistMode, Server};
+use ripple_server::{Config, PersistMode, Server};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -87,20 +87,11 @@ fn init_logging(dev: bool) {
     }
 }
 
-/// The storage layer's durability for the configured one.
-pub(crate) fn store_durability(d: Durability) -> ripple_store::Durability {
-    match d {
-        Durability::Strict => ripple_store::Durability::Strict,
-        Durability::Relaxed => ripple_store::Durability::Relaxed,
-    }
-}
-
 async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     if config.persist == PersistMode::None {
         return Ok(Arc::new(MemoryStore::new()));
     }
-    let durability = store_durability(config.durability);
-    ripple_store::open_store(&config.storage, &config.data_dir, durability)
+    ripple_store::open_store(&config.storage, &config.data_dir, config.durability)
         .await
         .with_context(|| format!("opening storage {:?}", storage_label(&config.storage)))
 }
