@@ -149,6 +149,12 @@ args_for() {
   esac
 }
 
+{
+  echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+  echo "kernel: $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "disk before: $("$BENCH" fsync --dir "${TMPDIR:-/tmp}")"
+} | tee "$OUT/machine.txt" >&2
+
 started=$(date +%s)
 for server in $SERVERS; do
   for scenario in $SCENARIOS; do
@@ -160,6 +166,8 @@ for server in $SERVERS; do
   fi
 done
 
+echo "disk after: $("$BENCH" fsync --dir "${TMPDIR:-/tmp}"); load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" \
+  | tee -a "$OUT/machine.txt" >&2
 log "comparison ($(($(date +%s) - started)) s of runs; raw results in $RESULTS)"
 "$BENCH" report --input "$RESULTS" --md "$OUT/table.md" --svg "$CHART" \
   --title "Ripple vs peers on $(nproc) cores ($(date -u +%Y-%m-%d))"

@@ -123,6 +123,14 @@ enum Command {
         #[arg(long, default_value_t = 3.0)]
         settle: f64,
     },
+    /// Measure this disk's fsync latency (64-byte write + fdatasync), as strict durability pays it.
+    Fsync {
+        /// Directory for the scratch file.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+    },
     /// Combine JSON lines of several runs into one markdown table and an SVG chart.
     Report {
         /// File of JSON lines (other lines are ignored).
@@ -149,6 +157,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (g, run): (Global, Box<dyn FnOnce(Common) -> Scenario>) = match cli.command {
+        Command::Fsync { dir, count } => return fsync_probe(&dir, count),
         Command::Report {
             input,
             baseline,
@@ -366,5 +375,31 @@ fn report(
         std::fs::write(&path, compare::svg(&reports, baseline, title))
             .with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+fn fsync_probe(dir: &std::path::Path, count: usize) -> anyhow::Result<()> {
+    use std::io::Write;
+    let path = dir.join(format!(".ripple-bench-fsync-{}", std::process::id()));
+    let mut f =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        f.write_all(&[0u8; 64])?;
+        let t = std::time::Instant::now();
+        f.sync_data()?;
+        times.push(t.elapsed().as_micros() as u64);
+    }
+    drop(f);
+    let _ = std::fs::remove_file(&path);
+    times.sort_unstable();
+    let ms = |p: f64| ripple_bench::report::percentile(&times, p).map_or(0.0, |v| v / 1000.0);
+    println!(
+        "fsync p50 {:.3} ms, p99 {:.3} ms ({} x 64-byte write + fdatasync in {})",
+        ms(50.0),
+        ms(99.0),
+        times.len(),
+        dir.display()
+    );
     Ok(())
 }
