@@ -55,6 +55,11 @@ pub struct Config {
     /// Largest WebSocket message accepted, in bytes (also the limit for reassembled
     /// y-pk-batch messages). Larger ones close the connection with 1009.
     pub max_message_bytes: usize,
+    /// Most connections at once: WebSockets beyond it are refused with 503 at the upgrade, and
+    /// the server stops accepting while that many HTTP connections wait to upgrade.
+    pub max_connections: usize,
+    /// Seconds a new connection has to send its request headers before it is closed.
+    pub handshake_timeout_secs: f64,
     /// Most connections one room holds; more are closed with 1013.
     pub max_connections_per_room: usize,
     /// Most rooms loaded at once; joins beyond it are closed with 1013.
@@ -106,6 +111,8 @@ impl Default for Config {
             history_max_updates: 100_000,
             parties: Default::default(),
             max_message_bytes: 32 * 1024 * 1024,
+            max_connections: 20_000,
+            handshake_timeout_secs: 10.0,
             max_connections_per_room: 1024,
             max_rooms: 10_000,
             max_room_id_len: ripple_core::room_id::DEFAULT_MAX_ROOM_ID_LEN,
@@ -135,6 +142,11 @@ impl Config {
     /// How long an empty room stays loaded.
     pub fn room_linger(&self) -> Duration {
         secs(self.room_linger_secs)
+    }
+
+    /// Deadline for a new connection's request headers.
+    pub fn handshake_timeout(&self) -> Duration {
+        secs(self.handshake_timeout_secs)
     }
 
     /// Interval between pings.

@@ -93,6 +93,18 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
     if ctx.shutdown.is_cancelled() {
         return reject(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
     }
+    let max = ctx.config.max_connections as u64;
+    if ctx
+        .stats
+        .connections_active
+        .load(std::sync::atomic::Ordering::Relaxed)
+        >= max
+    {
+        return reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("server at its limit of {max} connections"),
+        );
+    }
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &ctx).await {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),

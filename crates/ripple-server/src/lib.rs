@@ -8,13 +8,13 @@ pub mod closer;
 pub mod config;
 mod connection;
 mod http;
+mod listener;
 mod registry;
 mod room;
 pub mod stats;
 pub mod token_auth;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ripple_core::Store;
@@ -88,15 +88,22 @@ impl Server {
             tracker: tracker.clone(),
         });
         let app = http::router(ctx);
-        let signal_token = token.clone();
-        // Connect info gives the authorizer the peer address (the webhook forwards it).
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown.await;
-            info!("shutting down: closing connections");
-            signal_token.cancel();
-        });
-        serve.await?;
+        let accept = listener::serve(
+            listener,
+            app,
+            config.max_connections,
+            config.handshake_timeout(),
+            token.clone(),
+        );
+        tokio::pin!(accept);
+        tokio::select! {
+            _ = &mut accept => {}
+            _ = shutdown => {
+                info!("shutting down: closing connections");
+                token.cancel();
+                accept.await;
+            }
+        }
         token.cancel();
         tracker.close();
         if tokio::time::timeout(config.shutdown_grace(), tracker.wait())

@@ -586,3 +586,45 @@ async fn half_open_connections_are_reaped() {
     let _ = &mut live;
     drop(silent);
 }
+
+#[tokio::test]
+async fn a_connection_that_never_sends_its_request_is_closed() {
+    let config = Config {
+        handshake_timeout_secs: 0.3,
+        ..test_config()
+    };
+    let server = start(config).await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut silent, &mut buf))
+        .await
+        .expect("the server closes the silent connection well before the test's timeout");
+    // Closed (EOF or reset); hyper may write a 408 first.
+    if let Ok(n) = read {
+        let got = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || got.contains("408"), "{got:?}");
+    }
+    // Normal clients are unaffected.
+    let _c = server.client("after-silence").await;
+}
+
+#[tokio::test]
+async fn websockets_beyond_max_connections_are_refused_with_503() {
+    let config = Config {
+        max_connections: 2,
+        ..test_config()
+    };
+    let server = start(config).await;
+    let _a = server.client("cap-a").await;
+    let _b = server.client("cap-b").await;
+    server
+        .wait_stat("two connections", |s| &s.connections_active, |n| n == 2)
+        .await;
+    let err = Client::connect(&server.url("cap-c"))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("503"), "{err}");
+}
