@@ -7,8 +7,9 @@
 #   SCENARIOS="fanout burst" bench/compare.sh
 #   OUT=/tmp/bench bench/compare.sh       # where results.jsonl, logs and table.md go
 #
-# Servers: ripple (release build, SQLite, snapshot persistence, strict durability),
-# y-websocket-server (@y/websocket-server 0.1.1, in memory), hocuspocus (@hocuspocus/server 3,
+# Servers: ripple (release build, SQLite, snapshot persistence, strict durability: every update
+# fsynced before anyone sees it), ripple-relaxed (same, synchronous=NORMAL) and ripple-memory
+# (--persist none) to show what durability costs, y-websocket-server (@y/websocket-server 0.1.1, in memory), hocuspocus (@hocuspocus/server 3,
 # in memory), partykit (partykit 0.0.115 dev + y-partykit 0.0.33, snapshot persistence).
 # Prints one markdown table (each figure per server with its ratio to Ripple) and the issue's
 # targets, and writes the chart to docs/bench/compare.svg.
@@ -17,7 +18,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-SERVERS=${SERVERS:-"ripple y-websocket-server hocuspocus partykit"}
+SERVERS=${SERVERS:-"ripple ripple-relaxed ripple-memory y-websocket-server hocuspocus partykit"}
 SCENARIOS=${SCENARIOS:-"fanout burst connect idle bigdoc"}
 OUT=${OUT:-"$ROOT/target/bench-compare"}
 CHART=${CHART:-"$ROOT/docs/bench/compare.svg"}
@@ -25,10 +26,10 @@ CHART=${CHART:-"$ROOT/docs/bench/compare.svg"}
 BIG_CONNECT=${BIG_CONNECT:-10000}
 
 # Scenario parameters: identical for every server.
-FANOUT_ARGS=${FANOUT_ARGS:-"--rooms 10 --clients 11 --rate 10 --duration 10"}
-BURST_ARGS=${BURST_ARGS:-"--rooms 10 --clients 5 --duration 5 --window 16"}
+FANOUT_ARGS=${FANOUT_ARGS:-"--rooms 10 --clients 11 --rate 10 --duration 20"}
+BURST_ARGS=${BURST_ARGS:-"--rooms 10 --clients 5 --duration 8 --window 16"}
 CONNECT_ARGS=${CONNECT_ARGS:-"--clients 2000 --rooms 20"}
-IDLE_ARGS=${IDLE_ARGS:-"--rooms 500 --clients 4 --settle 3"}
+IDLE_ARGS=${IDLE_ARGS:-"--rooms 1000 --clients 4 --settle 3"}
 BIGDOC_ARGS=${BIGDOC_ARGS:-"--text-inserts 200000 --map-keys 10000 --joins 20"}
 
 mkdir -p "$OUT" "$(dirname "$CHART")"
@@ -43,7 +44,7 @@ cargo build --release -q -p ripple -p ripple-bench
 BENCH="$ROOT/target/release/ripple-bench"
 
 needs_node=0
-for s in $SERVERS; do [ "$s" != ripple ] && needs_node=1; done
+for s in $SERVERS; do case $s in ripple*) ;; *) needs_node=1 ;; esac; done
 if [ "$needs_node" = 1 ] && { [ ! -d bench/node_modules ] || [ bench/package-lock.json -nt bench/node_modules ]; }; then
   log "installing the peers from bench/package-lock.json"
   (cd bench && npm ci --no-audit --no-fund)
@@ -65,6 +66,14 @@ start_server() {
     ripple)
       setsid "$ROOT/target/release/ripple" serve --host 127.0.0.1 --port 0 --data-dir "$DATA" \
         --storage sqlite --persist snapshot --durability strict >"$logf" 2>&1 &
+      ;;
+    ripple-relaxed)
+      setsid "$ROOT/target/release/ripple" serve --host 127.0.0.1 --port 0 --data-dir "$DATA" \
+        --storage sqlite --persist snapshot --durability relaxed >"$logf" 2>&1 &
+      ;;
+    ripple-memory)
+      setsid "$ROOT/target/release/ripple" serve --host 127.0.0.1 --port 0 --data-dir "$DATA" \
+        --persist none >"$logf" 2>&1 &
       ;;
     y-websocket-server)
       setsid node bench/peers/y-websocket-server.mjs --port 0 >"$logf" 2>&1 &
