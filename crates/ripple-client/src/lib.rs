@@ -49,7 +49,9 @@ pub struct Observed {
     pub error: Option<String>,
 }
 
-/// A connected client. Dropping it closes the connection.
+/// A connected client. Dropping it aborts the connection at once, frames not yet written
+/// included: to be sure an edit reached the server, [`Client::close`] and then
+/// [`Client::wait_closed`] (the close frame queues behind everything sent before it).
 pub struct Client {
     doc: Doc,
     out: mpsc::UnboundedSender<WsMessage>,

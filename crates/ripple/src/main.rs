@@ -122,6 +122,11 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     // The one line on stdout: scripts and tests wait for it.
     println!("ripple listening on http://{local}");
     std::io::stdout().flush().ok();
+    if dev {
+        info!(
+            "connect WebsocketProvider('ws://{local}', ROOM) or YPartyKitProvider('{local}', ROOM); Ctrl-C stops"
+        );
+    }
     let mut server = Server::new(config, store);
     server.auth = authorizer;
     server
