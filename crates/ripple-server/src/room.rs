@@ -287,7 +287,8 @@ impl Actor {
             self.env.stats.updates_applied.fetch_add(count, Relaxed);
         }
         self.flush();
-        self.maybe_compact(false);
+        // Snapshot mode folds the log as soon as the last client has left.
+        self.maybe_compact(self.conns.is_empty());
         true
     }
 
