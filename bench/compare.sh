@@ -7,6 +7,9 @@
 #   SCENARIOS="fanout burst" bench/compare.sh
 #   OUT=/tmp/bench bench/compare.sh       # where results.jsonl, logs and table.md go
 #
+# The chart, results.jsonl, table.md and machine.txt are also copied to docs/bench/ (CHART's
+# directory).
+#
 # Servers: ripple (release build, SQLite, snapshot persistence, strict durability: every update
 # fsynced before anyone sees it), ripple-relaxed (same, synchronous=NORMAL) and ripple-memory
 # (--persist none) to show what durability costs, y-websocket-server (@y/websocket-server 0.1.1, in memory), hocuspocus (@hocuspocus/server 3,
@@ -161,6 +164,7 @@ args_for() {
 {
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
   echo "kernel: $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "code: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' + uncommitted changes under crates/'); node $(node --version 2>/dev/null || echo none)"
   echo "disk before: $("$BENCH" fsync --dir "${TMPDIR:-/tmp}")"
 } | tee "$OUT/machine.txt" >&2
 
@@ -180,3 +184,5 @@ echo "disk after: $("$BENCH" fsync --dir "${TMPDIR:-/tmp}"); load average at end
 log "comparison ($(($(date +%s) - started)) s of runs; raw results in $RESULTS)"
 "$BENCH" report --input "$RESULTS" --md "$OUT/table.md" --svg "$CHART" \
   --title "Ripple vs peers on $(nproc) cores ($(date -u +%Y-%m-%d))"
+# Keep the raw results next to the chart so the published figures can be traced.
+cp "$RESULTS" "$OUT/table.md" "$OUT/machine.txt" "$(dirname "$CHART")/"
