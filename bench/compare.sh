@@ -61,7 +61,8 @@ free_port() {
   node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
 }
 
-# Starts $1 in its own process group; sets SERVER_PID, PORT.
+# Starts $1 in its own process group; sets SERVER_PID, PORT. Returns 1 (and shows the log) if it
+# does not come up.
 start_server() {
   local name=$1 logf="$OUT/$1.$2.log"
   DATA=$(mktemp -d "${TMPDIR:-/tmp}/ripple-bench-$name.XXXXXX")
@@ -97,7 +98,7 @@ start_server() {
   PORT=""
   for _ in $(seq 1 300); do
     if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-      echo "$name exited during startup; log:" >&2; cat "$logf" >&2; exit 1
+      echo "$name exited during startup; log:" >&2; cat "$logf" >&2; SERVER_PID=""; rm -rf "$DATA"; return 1
     fi
     if [ "$name" = partykit ]; then
       if grep -q "Ready on" "$logf" 2>/dev/null; then PORT=$p; fi
@@ -107,7 +108,9 @@ start_server() {
     [ -n "$PORT" ] && break
     sleep 0.1
   done
-  [ -n "$PORT" ] || { echo "$name did not start; log:" >&2; cat "$logf" >&2; exit 1; }
+  if [ -z "$PORT" ]; then
+    echo "$name did not start; log:" >&2; cat "$logf" >&2; stop_server; return 1
+  fi
 }
 
 stop_server() {
@@ -141,7 +144,10 @@ proto_for() {
 run() {
   local server=$1 scenario=$2 name=$3
   shift 3
-  start_server "$server" "$name"
+  if ! start_server "$server" "$name"; then
+    echo "SKIPPED: $name against $server (the server did not start); the table shows 'not run'" >&2
+    return 0
+  fi
   log "$name against $server (pid $SERVER_PID, port $PORT)"
   # shellcheck disable=SC2046
   "$BENCH" "$scenario" --label "$server" --name "$name" --protocol "$(proto_for "$server")" \
@@ -185,4 +191,7 @@ log "comparison ($(($(date +%s) - started)) s of runs; raw results in $RESULTS)"
 "$BENCH" report --input "$RESULTS" --md "$OUT/table.md" --svg "$CHART" \
   --title "Ripple vs peers on $(nproc) cores ($(date -u +%Y-%m-%d))"
 # Keep the raw results next to the chart so the published figures can be traced.
-cp "$RESULTS" "$OUT/table.md" "$OUT/machine.txt" "$(dirname "$CHART")/"
+chart_dir=$(cd "$(dirname "$CHART")" && pwd)
+if [ "$chart_dir" != "$(cd "$OUT" && pwd)" ]; then
+  cp "$RESULTS" "$OUT/table.md" "$OUT/machine.txt" "$chart_dir/"
+fi
