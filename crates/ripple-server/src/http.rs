@@ -122,7 +122,11 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
         Ok(admission) => admission,
         Err(rejection) => return reject(rejection.status, rejection.reason),
     };
+    // tungstenite's default 128 KiB read buffer per socket (zero-filled on reads) dominated the
+    // memory of an idle connection and cost CPU on every read; 4 KiB keeps an idle socket
+    // small, and larger messages are still assembled whole (up to max_message_bytes).
     let mut upgrade = upgrade
+        .read_buffer_size(4 * 1024)
         .max_message_size(ctx.config.max_message_bytes)
         .max_frame_size(ctx.config.max_message_bytes);
     if let Some(protocol) = admission.subprotocol.clone() {
