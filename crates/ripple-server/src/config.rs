@@ -69,6 +69,9 @@ pub struct Config {
     /// Frames queued for one connection before it counts as too slow and is closed (1013);
     /// the client reconnects and resyncs, so nothing is lost.
     pub outbound_queue_frames: usize,
+    /// Bytes queued for one connection before it counts as too slow (same policy; one frame
+    /// larger than this still goes through when nothing else is queued).
+    pub outbound_queue_bytes: usize,
     /// Messages queued for one room before connections sending to it wait (backpressure).
     pub room_inbox: usize,
     /// Most awareness client ids one connection may introduce.
@@ -117,6 +120,7 @@ impl Default for Config {
             max_rooms: 10_000,
             max_room_id_len: ripple_core::room_id::DEFAULT_MAX_ROOM_ID_LEN,
             outbound_queue_frames: 1024,
+            outbound_queue_bytes: 64 * 1024 * 1024,
             room_inbox: 1024,
             max_awareness_per_conn: 16,
             room_linger_secs: 5.0,

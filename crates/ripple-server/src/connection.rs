@@ -4,7 +4,7 @@
 //! the admission's token expires (and `auth.close_on_expiry` is on) the reader closes it with
 //! [`code::TOKEN_EXPIRED`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -61,8 +61,10 @@ async fn serve_inner(
     let user: Option<Arc<str>> = admission.user.map(Into::into);
     let (frames_tx, frames_rx) = mpsc::channel(ctx.config.outbound_queue_frames);
     let closer = Closer::default();
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
     let outbox = Outbox {
         frames: frames_tx,
+        queued_bytes: queued_bytes.clone(),
         closer: closer.clone(),
     };
     let room = match join(ctx, &key, conn, admission.access, user, outbox).await {
@@ -80,8 +82,9 @@ async fn serve_inner(
         }
     };
     let (sink, mut stream) = socket.split();
-    let writer =
-        tokio::spawn(write_loop(sink, frames_rx, closer.clone(), ctx.clone()).in_current_span());
+    let writer = tokio::spawn(
+        write_loop(sink, frames_rx, queued_bytes, closer.clone(), ctx.clone()).in_current_span(),
+    );
     let peer_closed = read_loop(&mut stream, &room, conn, &closer, expires, ctx).await;
     let _ = room.tx.send(RoomMsg::Leave { conn }).await;
     closer.close(code::NORMAL, "");
@@ -243,6 +246,7 @@ fn is_capacity_error(e: axum::Error) -> bool {
 async fn write_loop(
     mut sink: SplitSink<WebSocket, WsMessage>,
     mut frames: mpsc::Receiver<Bytes>,
+    queued_bytes: Arc<AtomicUsize>,
     closer: Closer,
     ctx: Arc<ServerCtx>,
 ) {
@@ -273,7 +277,9 @@ async fn write_loop(
         };
         let io = async {
             match step {
-                Step::Frame(frame) => write_batch(&mut sink, frame, &mut frames).await,
+                Step::Frame(frame) => {
+                    write_batch(&mut sink, frame, &mut frames, &queued_bytes).await
+                }
                 Step::Ping => sink.send(WsMessage::Ping(Bytes::new())).await,
             }
         };
@@ -299,18 +305,26 @@ async fn write_loop(
     }
 }
 
-/// Writes `first` and whatever else is already queued, then flushes once.
+/// Writes `first` and whatever else is already queued, then flushes once and takes the written
+/// bytes off the queue's byte count.
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, WsMessage>,
     first: Bytes,
     frames: &mut mpsc::Receiver<Bytes>,
+    queued_bytes: &AtomicUsize,
 ) -> Result<(), axum::Error> {
+    let mut written = first.len();
     sink.feed(WsMessage::Binary(first)).await?;
     for _ in 0..64 {
         match frames.try_recv() {
-            Ok(frame) => sink.feed(WsMessage::Binary(frame)).await?,
+            Ok(frame) => {
+                written += frame.len();
+                sink.feed(WsMessage::Binary(frame)).await?;
+            }
             Err(_) => break,
         }
     }
-    sink.flush().await
+    sink.flush().await?;
+    queued_bytes.fetch_sub(written, Ordering::Relaxed);
+    Ok(())
 }

@@ -8,7 +8,7 @@
 //! share one commit.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ const MAX_BATCH: usize = 512;
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
     pub(crate) frames: mpsc::Sender<Bytes>,
+    /// Bytes queued and not yet written to the socket (the writer subtracts what it flushed).
+    pub(crate) queued_bytes: Arc<AtomicUsize>,
     pub(crate) closer: Closer,
 }
 
@@ -372,6 +374,7 @@ impl Actor {
     /// Delivers the turn's frames. A connection whose queue is full is closed (it reconnects
     /// and resyncs); nothing is dropped silently.
     fn flush(&mut self) {
+        let max_bytes = self.env.config.outbound_queue_bytes;
         while !self.out.is_empty() {
             let out = std::mem::take(&mut self.out);
             let mut slow = Vec::new();
@@ -379,21 +382,21 @@ impl Actor {
                 match target {
                     Target::One(id) => {
                         if let Some(c) = self.conns.get(&id) {
-                            if !deliver(&self.env.stats, c, &frame) {
+                            if !deliver(&self.env.stats, c, &frame, max_bytes) {
                                 slow.push(id);
                             }
                         }
                     }
                     Target::AllBut(skip) => {
                         for (id, c) in &self.conns {
-                            if *id != skip && !deliver(&self.env.stats, c, &frame) {
+                            if *id != skip && !deliver(&self.env.stats, c, &frame, max_bytes) {
                                 slow.push(*id);
                             }
                         }
                     }
                     Target::All => {
                         for (id, c) in &self.conns {
-                            if !deliver(&self.env.stats, c, &frame) {
+                            if !deliver(&self.env.stats, c, &frame, max_bytes) {
                                 slow.push(*id);
                             }
                         }
@@ -534,9 +537,17 @@ impl Compaction {
     }
 }
 
-fn deliver(stats: &Stats, c: &ConnState, frame: &Bytes) -> bool {
+/// Queues `frame` for `c`; false when its queue is full (by frames, or by bytes: a frame that
+/// would take the queue past `max_bytes` counts as full unless the queue is empty, so one large
+/// frame, such as a big initial sync, still goes through).
+fn deliver(stats: &Stats, c: &ConnState, frame: &Bytes, max_bytes: usize) -> bool {
+    let queued = c.outbox.queued_bytes.load(Relaxed);
+    if queued > 0 && queued + frame.len() > max_bytes {
+        return false;
+    }
     match c.outbox.frames.try_send(frame.clone()) {
         Ok(()) => {
+            c.outbox.queued_bytes.fetch_add(frame.len(), Relaxed);
             inc(&stats.frames_sent);
             true
         }

@@ -298,10 +298,23 @@ async fn room_full_closes_with_try_again_later() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_and_others_get_everything() {
-    let config = Config {
+    stuck_reader_is_closed(Config {
         outbound_queue_frames: 32,
         ..test_config()
-    };
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_outbound_queue_is_bounded_by_bytes_too() {
+    stuck_reader_is_closed(Config {
+        outbound_queue_bytes: 256 * 1024,
+        ..test_config()
+    })
+    .await;
+}
+
+async fn stuck_reader_is_closed(config: Config) {
     let server = start(config).await;
     let writer = server.client("slow").await;
     let mut good = server.client("slow").await;
@@ -310,7 +323,7 @@ async fn a_client_that_stops_reading_is_closed_and_others_get_everything() {
         .await
         .expect("connect");
     let chunk = "y".repeat(64 * 1024);
-    // ~19 MB in all: more than the socket buffers plus the 32-frame queue hold. The writer
+    // ~19 MB in all: more than the socket buffers plus the queue bound hold. The writer
     // paces itself on the reading client, which therefore never falls behind.
     let rounds = 300;
     for i in 0..rounds {
