@@ -84,6 +84,9 @@ pub struct Config {
     pub idle_timeout_secs: f64,
     /// Seconds the server waits for connections and rooms to finish on shutdown.
     pub shutdown_grace_secs: f64,
+    /// Threads running connections and rooms; 0 means one per CPU core. (Storage writes and
+    /// document loads run on their own threads either way.)
+    pub worker_threads: usize,
     /// Client authentication (`[auth]`). Never serialized: it may hold secrets.
     #[serde(skip_serializing)]
     pub auth: AuthSettings,
@@ -127,6 +130,7 @@ impl Default for Config {
             ping_interval_secs: 15.0,
             idle_timeout_secs: 45.0,
             shutdown_grace_secs: 10.0,
+            worker_threads: 0,
             auth: AuthSettings::default(),
             admin: AdminConfig::default(),
         }

@@ -49,27 +49,40 @@ enum Command {
     Fsck(admin::MaintainArgs),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    builder
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    match cli.command {
-        Command::Dev(args) => runtime.block_on(serve(args, true)),
-        Command::Serve(args) => runtime.block_on(serve(args, false)),
+        .context("starting the async runtime")
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Dev(args) => run_server(&args, true),
+        Command::Serve(args) => run_server(&args, false),
         Command::Token(args) => token::run(args),
-        Command::Rooms(args) => runtime.block_on(admin::rooms(args)),
-        Command::Export(args) => runtime.block_on(admin::export(args)),
-        Command::Import(args) => runtime.block_on(admin::import(args)),
-        Command::Compact(args) => runtime.block_on(admin::compact(args)),
+        Command::Rooms(args) => runtime(0)?.block_on(admin::rooms(args)),
+        Command::Export(args) => runtime(0)?.block_on(admin::export(args)),
+        Command::Import(args) => runtime(0)?.block_on(admin::import(args)),
+        Command::Compact(args) => runtime(0)?.block_on(admin::compact(args)),
         Command::Fsck(args) => {
-            if !runtime.block_on(admin::fsck(args))? {
+            if !runtime(0)?.block_on(admin::fsck(args))? {
                 std::process::exit(1);
             }
             Ok(())
         }
     }
+}
+
+/// `dev` and `serve`: the configuration decides the runtime's size, so it is read first.
+fn run_server(args: &ServeArgs, dev: bool) -> anyhow::Result<()> {
+    init_logging(dev);
+    let config = settings::load(args, dev)?;
+    runtime(config.worker_threads)?.block_on(serve(config, dev))
 }
 
 fn init_logging(dev: bool) {
@@ -101,9 +114,7 @@ fn storage_label(spec: &str) -> &str {
     spec.split_once("://").map_or(spec, |(scheme, _)| scheme)
 }
 
-async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
-    init_logging(dev);
-    let mut config = settings::load(&args, dev)?;
+async fn serve(mut config: Config, dev: bool) -> anyhow::Result<()> {
     auth::apply_env(&mut config)?;
     let authorizer = auth::authorizer(&config, dev)?;
     let store = open_store(&config).await?;

@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Seconds an empty room stays loaded [default: 5].
     #[arg(long, env = "RIPPLE_ROOM_LINGER_SECS")]
     pub room_linger_secs: Option<f64>,
+    /// Threads for connections and rooms; 0 = one per core [default: 0].
+    #[arg(long, env = "RIPPLE_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
 }
 
 fn parse_persist(s: &str) -> Result<PersistMode, String> {
@@ -97,6 +100,9 @@ pub fn load(args: &ServeArgs, dev: bool) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.room_linger_secs {
         config.room_linger_secs = v;
+    }
+    if let Some(v) = args.worker_threads {
+        config.worker_threads = v;
     }
     Ok(config)
 }
