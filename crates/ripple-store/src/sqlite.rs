@@ -154,6 +154,15 @@ enum Done {
 }
 
 impl Done {
+    /// Whether the request failed.
+    fn is_err(&self) -> bool {
+        match self {
+            Done::Append(_, r) => r.is_err(),
+            Done::Compact(_, r) => r.is_err(),
+            Done::Salvage(_, r) => r.is_err(),
+        }
+    }
+
     /// Answers the caller. A caller that went away (its future was dropped) is fine to ignore:
     /// the work committed either way.
     fn answer(self) {
@@ -424,29 +433,43 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, commits: &
     }
 }
 
+/// Runs one statement that takes no parameters, prepared once per connection. BEGIN, COMMIT and
+/// the savepoint statements run for every batch; `execute_batch` would parse them every time.
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// Ends a transaction that will not commit. A failure here leaves nothing to do but log.
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit() {
+        if let Err(e) = exec_cached(conn, "ROLLBACK") {
+            tracing::warn!("sqlite: rollback failed: {e}");
+        }
+    }
+}
+
 /// Runs a batch of requests in one transaction, commits once, then answers every caller.
 fn run_batch(conn: &mut Connection, batch: Vec<Request>, commits: &AtomicU64) {
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
-            let msg = format!("sqlite: starting a transaction: {e}");
-            tracing::warn!("{msg}");
-            batch
-                .into_iter()
-                .for_each(|request| Done::unstarted(request).fail(&msg));
-            return;
-        }
-    };
+    if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
+        let msg = format!("sqlite: starting a transaction: {e}");
+        tracing::warn!("{msg}");
+        batch
+            .into_iter()
+            .for_each(|request| Done::unstarted(request).fail(&msg));
+        return;
+    }
+    // A lone request needs no savepoint: if it fails, the whole transaction is rolled back.
+    let isolate = batch.len() > 1;
     let mut done = Vec::with_capacity(batch.len());
     // Each room's last seq is looked up once per batch, then carried forward.
     let mut last_seqs: HashMap<RoomKey, u64> = HashMap::new();
     let mut requests = batch.into_iter();
     let mut aborted = None;
     for request in requests.by_ref() {
-        done.push(apply(&mut tx, request, &mut last_seqs));
+        done.push(apply(conn, request, &mut last_seqs, isolate));
         // SQLite rolls the whole transaction back by itself on some errors (disk full, I/O
         // error). Then nothing above is in it any more, whatever the savepoints said.
-        if tx.is_autocommit() {
+        if conn.is_autocommit() {
             aborted = Some("sqlite rolled back the transaction (disk full or I/O error?)");
             break;
         }
@@ -457,12 +480,19 @@ fn run_batch(conn: &mut Connection, batch: Vec<Request>, commits: &AtomicU64) {
         done.into_iter().for_each(|d| d.fail(msg));
         return;
     }
-    match tx.commit() {
+    if !isolate && done.iter().any(Done::is_err) {
+        // The lone request failed part-way: none of it may commit.
+        rollback(conn);
+        done.into_iter().for_each(Done::answer);
+        return;
+    }
+    match exec_cached(conn, "COMMIT") {
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
             done.into_iter().for_each(Done::answer);
         }
         Err(e) => {
+            rollback(conn);
             let msg = format!("sqlite: commit failed: {e}");
             tracing::warn!("{msg}");
             done.into_iter().for_each(|d| d.fail(&msg));
@@ -470,11 +500,13 @@ fn run_batch(conn: &mut Connection, batch: Vec<Request>, commits: &AtomicU64) {
     }
 }
 
-/// Runs one request inside its own savepoint.
+/// Runs one request, inside its own savepoint when `isolate` (several requests share the
+/// transaction, and one failing must not undo the others).
 fn apply(
-    tx: &mut rusqlite::Transaction<'_>,
+    conn: &Connection,
     request: Request,
     last_seqs: &mut HashMap<RoomKey, u64>,
+    isolate: bool,
 ) -> Done {
     match request {
         Request::Append {
@@ -483,7 +515,11 @@ fn apply(
             reply,
         } => {
             let cached = last_seqs.get(&room).copied();
-            let result = in_savepoint(tx, |conn| append_rows(conn, &room, &updates, cached));
+            let result = if isolate {
+                in_savepoint(conn, |c| append_rows(c, &room, &updates, cached))
+            } else {
+                append_rows(conn, &room, &updates, cached)
+            };
             if let Ok(last) = result {
                 last_seqs.insert(room, last);
             }
@@ -495,26 +531,43 @@ fn apply(
             through_seq,
             reply,
         } => {
-            let result = in_savepoint(tx, |conn| {
+            let result = if isolate {
+                in_savepoint(conn, |c| {
+                    compact_steps(c, &room, &snapshot, through_seq, None)
+                })
+            } else {
                 compact_steps(conn, &room, &snapshot, through_seq, None)
-            });
+            };
             Done::Compact(reply, result)
         }
         Request::Salvage { room, reply } => {
-            let result = in_savepoint(tx, |conn| salvage_steps(conn, &room));
+            let result = if isolate {
+                in_savepoint(conn, |c| salvage_steps(c, &room))
+            } else {
+                salvage_steps(conn, &room)
+            };
             Done::Salvage(reply, result)
         }
     }
 }
 
 fn in_savepoint<T>(
-    tx: &mut rusqlite::Transaction<'_>,
+    conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    let savepoint = tx.savepoint().map_err(unavailable)?;
-    let value = f(&savepoint)?; // dropping the savepoint on error rolls it back
-    savepoint.commit().map_err(unavailable)?;
-    Ok(value)
+    exec_cached(conn, "SAVEPOINT batch_request").map_err(unavailable)?;
+    match f(conn) {
+        Ok(value) => {
+            exec_cached(conn, "RELEASE batch_request").map_err(unavailable)?;
+            Ok(value)
+        }
+        Err(e) => {
+            // Undo this request only; the transaction goes on for the others.
+            let _ = exec_cached(conn, "ROLLBACK TO batch_request");
+            let _ = exec_cached(conn, "RELEASE batch_request");
+            Err(e)
+        }
+    }
 }
 
 fn last_seq(conn: &Connection, room: &RoomKey) -> Result<u64, StoreError> {
