@@ -417,6 +417,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 /// The writer thread: one batch per loop, until every sender is gone.
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, commits: &AtomicU64) {
+    let mut last_seqs = LastSeqs::default();
     while let Some(first) = rx.blocking_recv() {
         let mut bytes = first.payload_len();
         let mut batch = vec![first];
@@ -429,7 +430,39 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, commits: &
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, batch, commits);
+        run_batch(&mut conn, batch, commits, &mut last_seqs);
+    }
+}
+
+/// Each room's last stored sequence number, as this writer committed it, so that an append
+/// does not have to look it up (the lookup is re-prepared on every use). Cleared whenever a
+/// transaction does not commit. Should another process append to the same database meanwhile
+/// (`ripple import` beside a running server), the stale number collides with the primary key:
+/// that append fails cleanly, the cache is cleared, and the next one looks the number up.
+#[derive(Default)]
+struct LastSeqs(HashMap<RoomKey, u64>);
+
+impl LastSeqs {
+    /// Rooms remembered at most; past it the map starts over.
+    const MAX_ROOMS: usize = 100_000;
+
+    fn get(&self, room: &RoomKey) -> Option<u64> {
+        self.0.get(room).copied()
+    }
+
+    fn set(&mut self, room: RoomKey, seq: u64) {
+        if self.0.len() >= Self::MAX_ROOMS && !self.0.contains_key(&room) {
+            self.0.clear();
+        }
+        self.0.insert(room, seq);
+    }
+
+    fn forget(&mut self, room: &RoomKey) {
+        self.0.remove(room);
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
@@ -449,7 +482,12 @@ fn rollback(conn: &Connection) {
 }
 
 /// Runs a batch of requests in one transaction, commits once, then answers every caller.
-fn run_batch(conn: &mut Connection, batch: Vec<Request>, commits: &AtomicU64) {
+fn run_batch(
+    conn: &mut Connection,
+    batch: Vec<Request>,
+    commits: &AtomicU64,
+    last_seqs: &mut LastSeqs,
+) {
     if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
         let msg = format!("sqlite: starting a transaction: {e}");
         tracing::warn!("{msg}");
@@ -461,12 +499,10 @@ fn run_batch(conn: &mut Connection, batch: Vec<Request>, commits: &AtomicU64) {
     // A lone request needs no savepoint: if it fails, the whole transaction is rolled back.
     let isolate = batch.len() > 1;
     let mut done = Vec::with_capacity(batch.len());
-    // Each room's last seq is looked up once per batch, then carried forward.
-    let mut last_seqs: HashMap<RoomKey, u64> = HashMap::new();
     let mut requests = batch.into_iter();
     let mut aborted = None;
     for request in requests.by_ref() {
-        done.push(apply(conn, request, &mut last_seqs, isolate));
+        done.push(apply(conn, request, last_seqs, isolate));
         // SQLite rolls the whole transaction back by itself on some errors (disk full, I/O
         // error). Then nothing above is in it any more, whatever the savepoints said.
         if conn.is_autocommit() {
@@ -475,6 +511,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Request>, commits: &AtomicU64) {
         }
     }
     if let Some(msg) = aborted {
+        last_seqs.clear();
         tracing::warn!("{msg}");
         done.extend(requests.map(Done::unstarted));
         done.into_iter().for_each(|d| d.fail(msg));
@@ -483,6 +520,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Request>, commits: &AtomicU64) {
     if !isolate && done.iter().any(Done::is_err) {
         // The lone request failed part-way: none of it may commit.
         rollback(conn);
+        last_seqs.clear();
         done.into_iter().for_each(Done::answer);
         return;
     }
@@ -493,6 +531,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Request>, commits: &AtomicU64) {
         }
         Err(e) => {
             rollback(conn);
+            last_seqs.clear();
             let msg = format!("sqlite: commit failed: {e}");
             tracing::warn!("{msg}");
             done.into_iter().for_each(|d| d.fail(&msg));
@@ -502,26 +541,22 @@ fn run_batch(conn: &mut Connection, batch: Vec<Request>, commits: &AtomicU64) {
 
 /// Runs one request, inside its own savepoint when `isolate` (several requests share the
 /// transaction, and one failing must not undo the others).
-fn apply(
-    conn: &Connection,
-    request: Request,
-    last_seqs: &mut HashMap<RoomKey, u64>,
-    isolate: bool,
-) -> Done {
+fn apply(conn: &Connection, request: Request, last_seqs: &mut LastSeqs, isolate: bool) -> Done {
     match request {
         Request::Append {
             room,
             updates,
             reply,
         } => {
-            let cached = last_seqs.get(&room).copied();
+            let cached = last_seqs.get(&room);
             let result = if isolate {
                 in_savepoint(conn, |c| append_rows(c, &room, &updates, cached))
             } else {
                 append_rows(conn, &room, &updates, cached)
             };
-            if let Ok(last) = result {
-                last_seqs.insert(room, last);
+            match result {
+                Ok(last) => last_seqs.set(room, last),
+                Err(_) => last_seqs.forget(&room),
             }
             Done::Append(reply, result)
         }

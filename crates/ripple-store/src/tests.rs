@@ -885,3 +885,31 @@ async fn postgres_survives_killed_connections() {
     assert_eq!(seqs(&stored), vec![1, 2, 3]);
     assert_eq!(text_of(&stored), "abc");
 }
+
+/// Two writers on one database (a server and `ripple import`, say): the one whose remembered
+/// last seq went stale fails one append cleanly, then looks the number up again. No update is
+/// lost or stored under another's sequence number.
+#[tokio::test]
+async fn sqlite_a_second_writer_makes_the_first_fail_once_then_recover() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = crate::SqliteStore::open(dir.path(), Durability::Strict).expect("open a");
+    let b = crate::SqliteStore::open(dir.path(), Durability::Strict).expect("open b");
+    let room = key("main", "shared");
+    let up = |s: &str| Bytes::from(s.as_bytes().to_vec());
+    assert_eq!(
+        a.append(&room, vec![up("a1"), up("a2")]).await.expect("a"),
+        2
+    );
+    assert_eq!(b.append(&room, vec![up("b3")]).await.expect("b"), 3);
+    assert!(
+        a.append(&room, vec![up("a-stale")]).await.is_err(),
+        "a's remembered seq (2) is stale: its append must fail, not overwrite"
+    );
+    assert_eq!(a.append(&room, vec![up("a4")]).await.expect("a again"), 4);
+    let stored = a.load(&room).await.expect("load");
+    let log: Vec<(u64, Bytes)> = stored.updates;
+    assert_eq!(
+        log,
+        vec![(1, up("a1")), (2, up("a2")), (3, up("b3")), (4, up("a4"))]
+    );
+}
