@@ -18,20 +18,6 @@ use ripple_store::{PostgresOptions, PostgresStore};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-fn database_url() -> Option<String> {
-    match std::env::var("RIPPLE_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("RIPPLE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "RIPPLE_REQUIRE_SERVICES=1 but RIPPLE_TEST_DATABASE_URL is not set"
-            );
-            eprintln!("skipping: RIPPLE_TEST_DATABASE_URL is not set");
-            None
-        }
-    }
-}
-
 /// A TCP proxy to `upstream` on a fixed local address that can be cut and restored.
 struct Proxy {
     addr: SocketAddr,
@@ -94,7 +80,9 @@ fn upstream_and_proxied(url: &str, proxy: SocketAddr) -> (SocketAddr, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_down_closes_the_room_and_nothing_is_lost_when_it_returns() {
-    let Some(url) = database_url() else { return };
+    let Some(url) = ripple_store::testing::database_url() else {
+        return;
+    };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let (upstream, proxied_url) = upstream_and_proxied(&url, listener.local_addr().expect("addr"));
     let mut proxy = Proxy::start(listener, upstream);

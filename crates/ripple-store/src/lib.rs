@@ -44,6 +44,33 @@ pub use sqlite::SqliteStore;
 
 pub use ripple_core::Durability;
 
+/// At most this many requests share one write transaction...
+pub(crate) const MAX_BATCH_REQUESTS: usize = 512;
+/// ...and at most about this many payload bytes (a single larger request still goes alone).
+pub(crate) const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// Helpers for tests that need a real database, shared by this workspace's test suites.
+pub mod testing {
+    /// The Postgres URL tests should use (`RIPPLE_TEST_DATABASE_URL`), or `None` to skip.
+    ///
+    /// # Panics
+    /// When the variable is unset and `RIPPLE_REQUIRE_SERVICES=1` (as in CI): a missing service
+    /// is a failure there, not a skip.
+    pub fn database_url() -> Option<String> {
+        match std::env::var("RIPPLE_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Some(url),
+            _ => {
+                assert!(
+                    std::env::var("RIPPLE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                    "RIPPLE_REQUIRE_SERVICES=1 but RIPPLE_TEST_DATABASE_URL is not set"
+                );
+                eprintln!("skipping: RIPPLE_TEST_DATABASE_URL is not set");
+                None
+            }
+        }
+    }
+}
+
 /// An opened backend, with the maintenance operations the CLI needs next to the [`Store`] seam.
 #[derive(Clone)]
 pub enum Backend {

@@ -25,17 +25,13 @@ use tokio_postgres::{NoTls, Row, Transaction};
 
 use crate::fsck::{self, RawRecord, Report, SalvageReport};
 use crate::record::{self, RecordKind};
-use crate::{CompactStep, Durability};
+use crate::{CompactStep, Durability, MAX_BATCH_BYTES, MAX_BATCH_REQUESTS};
 
 /// The schema used by [`PostgresStore::connect`].
 pub const DEFAULT_SCHEMA: &str = "ripple";
 
 /// Append requests waiting for the writer. When full, callers wait (backpressure).
 const REQUEST_QUEUE: usize = 1024;
-/// At most this many requests share one transaction...
-const MAX_BATCH_REQUESTS: usize = 512;
-/// ...and at most about this many payload bytes (a single larger request still goes alone).
-const MAX_BATCH_BYTES: usize = 16 << 20;
 /// Attempts for a batch that failed before its commit was sent on a deadlock, serialization
 /// failure or duplicate key (another process raced us) or a closed connection: trying again is
 /// safe.

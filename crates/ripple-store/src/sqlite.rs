@@ -20,17 +20,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::fsck::{self, RawRecord, Report, SalvageReport};
 use crate::record::{self, RecordKind};
-use crate::{CompactStep, Durability};
+use crate::{CompactStep, Durability, MAX_BATCH_BYTES, MAX_BATCH_REQUESTS};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "ripple.db";
 
 /// Requests waiting for the writer. When full, callers wait (backpressure); nothing is dropped.
 const REQUEST_QUEUE: usize = 1024;
-/// At most this many requests share one transaction...
-const MAX_BATCH_REQUESTS: usize = 512;
-/// ...and at most about this many payload bytes (a single larger request still goes alone).
-const MAX_BATCH_BYTES: usize = 16 << 20;
 /// Read connections kept open between reads; more are opened on demand and closed after use.
 const MAX_IDLE_READERS: usize = 4;
 /// How long a connection waits for a lock held by another connection (another process, or the

@@ -89,17 +89,7 @@ struct Harness {
 }
 
 fn pg_url() -> Option<String> {
-    match std::env::var("RIPPLE_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("RIPPLE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "RIPPLE_REQUIRE_SERVICES=1 but RIPPLE_TEST_DATABASE_URL is not set"
-            );
-            eprintln!("skipping: RIPPLE_TEST_DATABASE_URL is not set");
-            None
-        }
-    }
+    crate::testing::database_url()
 }
 
 async fn pg_client(url: &str) -> tokio_postgres::Client {

@@ -161,7 +161,9 @@ async fn sqlite_state_survives_restarts_and_cli_sees_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_state_survives_restarts() {
-    let Some(url) = database_url() else { return };
+    let Some(url) = ripple_store::testing::database_url() else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let room = format!("restart-{}", std::process::id());
     let server = Ripple::start(dir.path(), &["--storage", &url]);
@@ -172,20 +174,6 @@ async fn postgres_state_survives_restarts() {
     assert_eq!(text_of(&c), "in postgres");
     drop(c);
     server.stop();
-}
-
-fn database_url() -> Option<String> {
-    match std::env::var("RIPPLE_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("RIPPLE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "RIPPLE_TEST_DATABASE_URL is not set but RIPPLE_REQUIRE_SERVICES=1"
-            );
-            eprintln!("skipping: RIPPLE_TEST_DATABASE_URL is not set");
-            None
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
