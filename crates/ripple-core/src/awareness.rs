@@ -59,6 +59,22 @@ impl AwarenessTable {
         }
     }
 
+    /// Clocks kept for clients that are gone, at most; past it they are forgotten (a stale relay
+    /// of such a client could then reappear until its owner's next update, a harmless glitch).
+    const MAX_TOMBSTONES: usize = 10_000;
+
+    fn prune_tombstones(&mut self) {
+        if self.clocks.len() > self.states.len() + Self::MAX_TOMBSTONES {
+            let states = &self.states;
+            self.clocks.retain(|id, _| states.contains_key(id));
+        }
+    }
+
+    /// Client ids whose clock is remembered (present states plus recent removals).
+    pub fn tracked(&self) -> usize {
+        self.clocks.len()
+    }
+
     /// Number of present states.
     pub fn len(&self) -> usize {
         self.states.len()
@@ -97,8 +113,8 @@ impl AwarenessTable {
             }
             if entry.is_removal() {
                 if !present && known.is_none() {
-                    // Removing a client nobody knows: nothing to announce.
-                    self.clocks.insert(entry.client_id, entry.clock);
+                    // Removing a client nobody knows: nothing to announce, nothing to remember
+                    // (remembering would let a client grow the table with made-up ids).
                     continue;
                 }
                 self.states.remove(&entry.client_id);
@@ -125,6 +141,7 @@ impl AwarenessTable {
             self.clocks.insert(entry.client_id, entry.clock);
             applied.push(entry);
         }
+        self.prune_tombstones();
         if applied.is_empty() {
             return Ok(None);
         }
@@ -348,5 +365,25 @@ mod tests {
             t.apply(1, None, vec![entry(3, 1, "{}")]),
             Err(AwarenessError::TooManyClients(2))
         );
+    }
+
+    #[test]
+    fn made_up_removals_and_churn_cannot_grow_the_table_without_bound() {
+        let mut t = AwarenessTable::new(4);
+        // Removals of ids nobody introduced leave nothing behind.
+        let removals = (0..50_000).map(|id| entry(id, 1, "null")).collect();
+        assert!(t.apply(1, None, removals).expect("ok").is_none());
+        assert_eq!(t.tracked(), 0);
+        // Introduce-and-remove churn keeps at most MAX_TOMBSTONES clocks of gone clients.
+        for id in 0..30_000u64 {
+            t.apply(1, None, vec![entry(id, 1, "{}")]).expect("ok");
+            t.apply(1, None, vec![entry(id, 2, "null")]).expect("ok");
+        }
+        assert!(
+            t.tracked() <= AwarenessTable::MAX_TOMBSTONES + 1,
+            "{}",
+            t.tracked()
+        );
+        assert_eq!(t.len(), 0);
     }
 }
