@@ -107,15 +107,7 @@ async fn database_down_closes_the_room_and_nothing_is_lost_when_it_returns() {
 
     proxy.cut().await;
     insert_text(&writer, 0, "during;");
-    let (code, reason) = writer.wait_closed(WAIT).await.expect("closed");
-    assert_eq!(code, 1011, "{reason}");
-    let (code, _) = peer.wait_closed(WAIT).await.expect("closed");
-    assert_eq!(code, 1011);
-    assert_eq!(
-        text(&peer),
-        "before;",
-        "the unstored edit was never broadcast"
-    );
+    assert_room_failed_unbroadcast(&mut writer, &mut peer, "before;").await;
     assert_eq!(http_get(server.addr, "/readyz").await.0, 503);
 
     proxy.restore().await;

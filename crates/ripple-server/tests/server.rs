@@ -533,15 +533,7 @@ async fn a_failed_commit_closes_the_room_and_nothing_is_broadcast() {
     let mut writer = server.client("disk-full").await;
     let mut peer = server.client("disk-full").await;
     insert_text(&writer, 0, "lost?");
-    let (code, reason) = writer.wait_closed(WAIT).await.expect("closed");
-    assert_eq!(code, 1011, "{reason}");
-    let (code, _) = peer.wait_closed(WAIT).await.expect("closed");
-    assert_eq!(code, 1011);
-    assert_eq!(
-        text(&peer),
-        "",
-        "an update that was not stored is never broadcast"
-    );
+    assert_room_failed_unbroadcast(&mut writer, &mut peer, "").await;
     assert_eq!(server.stat(|s| &s.store_failures), 1);
     assert_eq!(
         http_get(server.addr, "/readyz").await.0,

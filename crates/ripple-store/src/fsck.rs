@@ -131,6 +131,32 @@ pub(crate) struct RawRecord {
     pub checksum: i64,
 }
 
+impl RawRecord {
+    /// A record of `room` from one row of the per-room query, whose first column is 0 for the
+    /// snapshot and 1 for a log entry (both backends select the same columns).
+    pub(crate) fn from_row(
+        party: &str,
+        room: &str,
+        kind: i64,
+        seq: i64,
+        data: Vec<u8>,
+        checksum: i64,
+    ) -> Self {
+        Self {
+            party: party.to_owned(),
+            room: room.to_owned(),
+            kind: if kind == 0 {
+                RecordKind::Snapshot
+            } else {
+                RecordKind::Update
+            },
+            seq,
+            data,
+            checksum,
+        }
+    }
+}
+
 /// Checks one record: its checksum first, then whether it decodes as a Yjs v1 update.
 pub(crate) fn inspect(raw: &RawRecord) -> Option<Problem> {
     if let Err(detail) = record::verify(

@@ -697,19 +697,14 @@ fn last_seq_from(room: &RoomKey, stored: Option<i64>) -> Result<u64, StoreError>
 fn raw_records(party: &str, room: &str, rows: &[Row]) -> Result<Vec<RawRecord>, StoreError> {
     rows.iter()
         .map(|row| {
-            let kind = if column::<i32>(row, 0)? == 0 {
-                RecordKind::Snapshot
-            } else {
-                RecordKind::Update
-            };
-            Ok(RawRecord {
-                party: party.to_owned(),
-                room: room.to_owned(),
-                kind,
-                seq: column(row, 1)?,
-                data: column(row, 2)?,
-                checksum: column(row, 3)?,
-            })
+            Ok(RawRecord::from_row(
+                party,
+                room,
+                i64::from(column::<i32>(row, 0)?),
+                column(row, 1)?,
+                column(row, 2)?,
+                column(row, 3)?,
+            ))
         })
         .collect()
 }

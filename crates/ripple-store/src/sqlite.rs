@@ -702,19 +702,14 @@ fn read_room_records(
 ) -> rusqlite::Result<Vec<RawRecord>> {
     let mut stmt = conn.prepare_cached(ROOM_RECORDS)?;
     let rows = stmt.query_map(params![party, room], |row| {
-        let kind = if row.get::<_, i64>(0)? == 0 {
-            RecordKind::Snapshot
-        } else {
-            RecordKind::Update
-        };
-        Ok(RawRecord {
-            party: party.to_owned(),
-            room: room.to_owned(),
-            kind,
-            seq: row.get(1)?,
-            data: row.get(2)?,
-            checksum: row.get(3)?,
-        })
+        Ok(RawRecord::from_row(
+            party,
+            room,
+            row.get(0)?,
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+        ))
     })?;
     rows.collect()
 }

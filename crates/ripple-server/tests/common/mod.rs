@@ -148,3 +148,21 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let body = buf.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     (status, body)
 }
+
+/// Asserts what a room does when it cannot store an edit: the writer and its peer are both
+/// closed with 1011, and the peer never received the edit (its text is still `peer_text`).
+pub async fn assert_room_failed_unbroadcast(
+    writer: &mut Client,
+    peer: &mut Client,
+    peer_text: &str,
+) {
+    let (code, reason) = writer.wait_closed(WAIT).await.expect("writer closed");
+    assert_eq!(code, 1011, "{reason}");
+    let (code, _) = peer.wait_closed(WAIT).await.expect("peer closed");
+    assert_eq!(code, 1011);
+    assert_eq!(
+        text(peer),
+        peer_text,
+        "an update that was not stored is never broadcast"
+    );
+}
