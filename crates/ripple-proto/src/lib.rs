@@ -7,11 +7,14 @@
 //! each connection introduced.
 //!
 //! Also here: [`batch`], the reassembly of y-partykit's chunked messages (`y-pk-batch#...`).
+//! And [`ws`], the server side of WebSocket framing, so the whole path from socket bytes to
+//! messages is pure.
 
 pub mod awareness;
 pub mod batch;
 mod lib0;
 mod message;
+pub mod ws;
 
 pub use lib0::DecodeError;
 pub use message::{Message, SyncMessage, MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC};

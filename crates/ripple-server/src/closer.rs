@@ -1,9 +1,5 @@
-//! A one-shot "close this connection with this code" signal, shared by the connection's reader,
-//! writer, and its room (which kicks slow or misbehaving connections). The first reason wins.
-
-use std::sync::{Arc, Mutex};
-
-use tokio_util::sync::CancellationToken;
+//! The WebSocket close codes Ripple sends, and when. A connection is closed through
+//! `Peer::close` (by its own task, its room, or the server); the first reason wins.
 
 /// WebSocket close codes Ripple sends.
 pub mod code {
@@ -25,54 +21,4 @@ pub mod code {
     /// y-partykit treat it like any close and reconnect; a client whose `params` (or
     /// subprotocol) yield a fresh token is admitted again, a stale one gets HTTP 401.
     pub const TOKEN_EXPIRED: u16 = 4001;
-}
-
-/// Shortens a close reason to the 123 bytes a close frame can carry (at a char boundary).
-pub fn fit_reason(mut reason: String) -> String {
-    while reason.len() > 123 {
-        reason.pop();
-    }
-    reason
-}
-
-#[derive(Debug, Default)]
-struct Inner {
-    token: CancellationToken,
-    reason: Mutex<Option<(u16, String)>>,
-}
-
-/// Cheap to clone; all clones share one signal.
-#[derive(Debug, Clone, Default)]
-pub struct Closer(Arc<Inner>);
-
-impl Closer {
-    /// Asks for the connection to close with `code` and `reason` (ignored if already asked).
-    pub fn close(&self, code: u16, reason: impl Into<String>) {
-        {
-            let mut slot = self.0.reason.lock().unwrap_or_else(|e| e.into_inner());
-            if slot.is_none() {
-                *slot = Some((code, fit_reason(reason.into())));
-            }
-        }
-        self.0.token.cancel();
-    }
-
-    /// Resolves once a close was asked for.
-    pub async fn closed(&self) {
-        self.0.token.cancelled().await
-    }
-
-    /// Whether a close was asked for.
-    pub fn is_closed(&self) -> bool {
-        self.0.token.is_cancelled()
-    }
-
-    /// The code and reason asked for, if any.
-    pub fn reason(&self) -> Option<(u16, String)> {
-        self.0
-            .reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
 }

@@ -1,57 +1,70 @@
-//! One WebSocket connection: joins its room, then a reader loop (frames → messages → room
-//! inbox) and a writer task (room outbox → socket, plus pings). Either side, the room, or server
-//! shutdown can end it through the shared [`Closer`], which also carries the close code. When
-//! the admission's token expires (and `auth.close_on_expiry` is on) the reader closes it with
-//! [`code::TOKEN_EXPIRED`].
+//! One WebSocket connection, after the HTTP upgrade: one task that joins the room, then reads
+//! (socket bytes → WebSocket frames → y-websocket messages → room inbox) and, when the socket
+//! could not take everything at once, writes what its [`Peer`] queued. The room sends to the
+//! socket directly through the shared [`Peer`]; it also pings, reaps silent connections and
+//! closes those whose token expired (`room.rs`). Any side asks for a close through
+//! [`Peer::close`]; this task then sends the close frame and ends.
+//!
+//! An idle connection holds no buffers: reads go through a stack buffer, and only an
+//! incomplete frame is kept, in a buffer sized to it.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use ripple_core::awareness::ConnId;
 use ripple_core::room::Access;
 use ripple_core::RoomKey;
 use ripple_proto::batch::Reassembler;
+use ripple_proto::ws::{self, Decoder, Event};
 use ripple_proto::{DecodeError, Message};
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, warn};
 
 use crate::auth::Admission;
-use crate::closer::{code, fit_reason, Closer};
+use crate::closer::code;
+use crate::peer::{OutFrame, Peer, Wake};
 use crate::registry::RoomHandle;
-use crate::room::{JoinError, Outbox, RoomMsg};
+use crate::room::{JoinError, RoomMsg};
 use crate::stats::{dec, inc};
 use crate::ServerCtx;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
-/// Serves one upgraded socket until it closes.
+/// Bytes read from the socket per system call.
+const READ_CHUNK: usize = 16 * 1024;
+/// Most bytes read in one go before the messages are handed on (backpressure on the room).
+const READ_BUDGET: usize = 256 * 1024;
+/// A partial-frame buffer larger than this is freed once empty.
+const KEEP_BUFFER: usize = 64 * 1024;
+/// How long the closing handshake may take.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Serves one upgraded socket until it closes. `leftover` is what the client sent after its
+/// upgrade request, already read by the HTTP layer.
 pub(crate) async fn serve(
-    socket: WebSocket,
+    stream: TcpStream,
+    leftover: Bytes,
     key: RoomKey,
     admission: Admission,
     ctx: Arc<ServerCtx>,
 ) {
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("conn", room = %key, conn);
     inc(&ctx.stats.connections_total);
     inc(&ctx.stats.connections_active);
-    serve_inner(socket, key, admission, conn, &ctx)
-        .instrument(span)
-        .await;
+    let peer = Arc::new(Peer::new(conn, stream));
+    serve_inner(&peer, leftover, &key, admission, &ctx).await;
     dec(&ctx.stats.connections_active);
 }
 
 async fn serve_inner(
-    mut socket: WebSocket,
-    key: RoomKey,
+    peer: &Arc<Peer>,
+    leftover: Bytes,
+    key: &RoomKey,
     admission: Admission,
-    conn: ConnId,
     ctx: &Arc<ServerCtx>,
 ) {
     let expires = admission
@@ -59,75 +72,67 @@ async fn serve_inner(
         .filter(|_| ctx.config.auth.close_on_expiry)
         .and_then(deadline);
     let user: Option<Arc<str>> = admission.user.map(Into::into);
-    let (frames_tx, frames_rx) = mpsc::channel(ctx.config.outbound_queue_frames);
-    let closer = Closer::default();
-    let queued_bytes = Arc::new(AtomicUsize::new(0));
-    let outbox = Outbox {
-        frames: frames_tx,
-        queued_bytes: queued_bytes.clone(),
-        closer: closer.clone(),
-    };
-    let room = match join(ctx, &key, conn, admission.access, user, outbox).await {
+    let mut reader = Reader::new(ctx.config.max_message_bytes, leftover);
+    let room = match join(ctx, key, peer, admission.access, user, expires).await {
         Ok(room) => room,
         Err(e) => {
-            debug!(error = %e, "join refused");
-            let frame = CloseFrame {
-                code: e.close_code(),
-                reason: fit_reason(e.to_string()).into(),
-            };
-            if socket.send(WsMessage::Close(Some(frame))).await.is_ok() {
-                linger_for_close(&mut socket).await;
-            }
+            debug!(room = %key, conn = peer.id, error = %e, "join refused");
+            peer.close(e.close_code(), &e.to_string());
+            finish(peer, &mut reader, Ended::ByUs).await;
             return;
         }
     };
-    let (sink, mut stream) = socket.split();
-    let writer = tokio::spawn(
-        write_loop(sink, frames_rx, queued_bytes, closer.clone(), ctx.clone()).in_current_span(),
-    );
-    let peer_closed = read_loop(&mut stream, &room, conn, &closer, expires, ctx).await;
-    let _ = room.tx.send(RoomMsg::Leave { conn }).await;
-    closer.close(code::NORMAL, "");
-    let _ = writer.await;
-    if !peer_closed {
-        linger_for_close(&mut stream).await;
-    }
+    let ended = read_loop(peer, &mut reader, &room, key, ctx).await;
+    let _ = room.tx.send(RoomMsg::Leave { conn: peer.id }).await;
+    finish(peer, &mut reader, ended).await;
 }
 
-/// After sending a close frame, reads (and discards) until the peer's close arrives or a second
-/// passes. Dropping a socket with unread input makes the kernel send a reset, which can destroy
-/// our close frame before the client reads it; the client would see 1006 instead of our code.
-async fn linger_for_close<S>(stream: &mut S)
-where
-    S: futures_util::Stream<Item = Result<WsMessage, axum::Error>> + Unpin,
-{
-    let drain = async {
-        while let Some(Ok(frame)) = stream.next().await {
-            if matches!(frame, WsMessage::Close(_)) {
-                break;
-            }
-        }
+/// How the read loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Someone asked for a close (room, this task, the server).
+    ByUs,
+    /// The client sent a close frame (with this code, if any); we answer it.
+    ClientClosed(Option<u16>),
+    /// The socket ended or failed; nothing more to send.
+    SocketGone,
+}
+
+/// Sends our close frame (if the socket still works) and, when we started the close, waits
+/// briefly for the client's answer: dropping a socket with unread input makes the kernel send a
+/// reset, which can destroy our close frame before the client reads it.
+async fn finish(peer: &Peer, reader: &mut Reader, ended: Ended) {
+    if ended == Ended::SocketGone {
+        return;
+    }
+    let echo = match ended {
+        Ended::ClientClosed(Some(code)) => code,
+        _ => code::NORMAL,
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+    peer.queue_close((echo, ""));
+    let _ = tokio::time::timeout(CLOSE_WAIT, peer.drain()).await;
+    if ended == Ended::ByUs {
+        let _ = tokio::time::timeout(CLOSE_WAIT, reader.until_close(peer)).await;
+    }
 }
 
 /// Joins the room, retrying once or twice if the actor we were given was retiring.
 async fn join(
     ctx: &ServerCtx,
     key: &RoomKey,
-    conn: ConnId,
+    peer: &Arc<Peer>,
     access: Access,
     user: Option<Arc<str>>,
-    outbox: Outbox,
+    expires: Option<Instant>,
 ) -> Result<RoomHandle, JoinError> {
     for _ in 0..5 {
         let room = ctx.registry.get(key.clone()).await?;
         let (reply, rx) = oneshot::channel();
         let msg = RoomMsg::Join {
-            conn,
+            peer: peer.clone(),
             access,
             user: user.clone(),
-            outbox: outbox.clone(),
+            expires,
             reply,
         };
         if room.tx.send(msg).await.is_err() {
@@ -155,176 +160,227 @@ fn deadline(at: SystemTime) -> Option<Instant> {
     Instant::now().checked_add(left)
 }
 
-/// Resolves at `deadline`, or never.
-async fn expiry(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// Reads until the connection should end.
+async fn read_loop(
+    peer: &Peer,
+    reader: &mut Reader,
+    room: &RoomHandle,
+    key: &RoomKey,
+    ctx: &ServerCtx,
+) -> Ended {
+    // What the HTTP layer read past the upgrade request.
+    let mut step = if reader.has_input() {
+        Wake::Readable
+    } else {
+        Wake::Writable
+    };
+    loop {
+        match step {
+            Wake::Close => return Ended::ByUs,
+            Wake::Failed => return Ended::SocketGone,
+            Wake::Writable => {
+                if peer.write_queued().is_err() {
+                    return Ended::SocketGone;
+                }
+            }
+            Wake::Readable => {
+                let mut events = Vec::new();
+                match reader.read(peer, &mut events) {
+                    Ok(Input::Open) => {}
+                    Ok(Input::Eof) => {
+                        if events.is_empty() {
+                            return Ended::SocketGone;
+                        }
+                    }
+                    Err(ReadError::Io(_)) => return Ended::SocketGone,
+                    Err(ReadError::Protocol(e)) => {
+                        // Handle what came before the bad frame, then close.
+                        let ended = handle(peer, reader, room, key, ctx, &mut events).await;
+                        if ended.is_none() {
+                            protocol_error(peer, key, ctx, e.close_code(), &e.to_string());
+                        }
+                        return Ended::ByUs;
+                    }
+                }
+                if let Some(ended) = handle(peer, reader, room, key, ctx, &mut events).await {
+                    return ended;
+                }
+            }
+        }
+        step = std::future::poll_fn(|cx| peer.poll_next(cx)).await;
     }
 }
 
-/// Reads until the connection should end. Returns true when the peer closed (close frame or
-/// end of stream), false when we decided to close.
-async fn read_loop(
-    stream: &mut SplitStream<WebSocket>,
+fn protocol_error(peer: &Peer, key: &RoomKey, ctx: &ServerCtx, code: u16, reason: &str) {
+    inc(&ctx.stats.protocol_errors);
+    warn!(room = %key, conn = peer.id, error = reason, "closing connection: malformed frame");
+    peer.close(code, reason);
+}
+
+/// Acts on the decoded events, in order. Returns how the connection ended, if it did.
+async fn handle(
+    peer: &Peer,
+    reader: &mut Reader,
     room: &RoomHandle,
-    conn: ConnId,
-    closer: &Closer,
-    expires: Option<Instant>,
+    key: &RoomKey,
     ctx: &ServerCtx,
-) -> bool {
-    let mut reassembler = Reassembler::new(ctx.config.max_message_bytes);
-    let idle = ctx.config.idle_timeout();
-    let expired = expiry(expires);
-    tokio::pin!(expired);
-    loop {
-        let next = tokio::select! {
-            _ = closer.closed() => return false,
-            _ = &mut expired => {
-                debug!("closing connection: token expired");
-                closer.close(code::TOKEN_EXPIRED, "token expired");
-                return false;
+    events: &mut Vec<Event>,
+) -> Option<Ended> {
+    for event in events.drain(..) {
+        let assembled = match event {
+            Event::Binary(bytes) => reader.batch.binary(bytes),
+            Event::Text(bytes) => match std::str::from_utf8(&bytes) {
+                Ok(text) => reader.batch.text(text),
+                Err(_) => Err(DecodeError::Batch("text frame is not UTF-8".into())),
+            },
+            Event::Ping(payload) => {
+                peer.send_control(OutFrame::new(ws::opcode::PONG, payload));
+                continue;
             }
-            next = tokio::time::timeout(idle, stream.next()) => next,
-        };
-        let frame = match next {
-            Err(_) => {
-                closer.close(
-                    code::GOING_AWAY,
-                    "no message or pong within the idle timeout",
-                );
-                return false;
-            }
-            Ok(None) => return true,
-            Ok(Some(Err(e))) => {
-                if is_capacity_error(e) {
-                    closer.close(code::TOO_BIG, "message exceeds max_message_bytes");
-                    return false;
-                }
-                return true;
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let assembled = match frame {
-            WsMessage::Binary(bytes) => reassembler.binary(bytes),
-            WsMessage::Text(text) => reassembler.text(text.as_str()),
-            WsMessage::Close(_) => return true,
-            WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            Event::Pong => continue,
+            Event::Close(close) => return Some(Ended::ClientClosed(close.map(|(c, _)| c))),
         };
         let msg = match assembled.and_then(|frame| frame.map(Message::decode).transpose()) {
             Ok(Some(msg)) => msg,
             Ok(None) => continue,
             Err(e) => {
-                inc(&ctx.stats.protocol_errors);
-                warn!(error = %e, "closing connection: malformed frame");
                 let code = match e {
                     DecodeError::TooLarge { .. } => code::TOO_BIG,
                     DecodeError::Batch(_) => code::UNSUPPORTED_DATA,
                     _ => code::PROTOCOL_ERROR,
                 };
-                closer.close(code, e.to_string());
-                return false;
+                protocol_error(peer, key, ctx, code, &e.to_string());
+                return Some(Ended::ByUs);
             }
         };
-        let sent = tokio::select! {
-            _ = closer.closed() => return false,
-            sent = room.tx.send(RoomMsg::Frame { conn, msg }) => sent,
-        };
-        if sent.is_err() {
-            closer.close(code::INTERNAL_ERROR, "room closed");
-            return false;
+        if peer.is_closing() {
+            return Some(Ended::ByUs);
+        }
+        let frame = RoomMsg::Frame { conn: peer.id, msg };
+        if room.tx.send(frame).await.is_err() {
+            peer.close(code::INTERNAL_ERROR, "room closed");
+            return Some(Ended::ByUs);
         }
     }
+    None
 }
 
-fn is_capacity_error(e: axum::Error) -> bool {
-    e.into_inner()
-        .downcast_ref::<tungstenite::Error>()
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+/// What a read found.
+enum Input {
+    /// The socket is open (it may have had nothing more to read).
+    Open,
+    /// The client closed its side.
+    Eof,
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, WsMessage>,
-    mut frames: mpsc::Receiver<Bytes>,
-    queued_bytes: Arc<AtomicUsize>,
-    closer: Closer,
-    ctx: Arc<ServerCtx>,
-) {
-    let mut ping = tokio::time::interval(ctx.config.ping_interval());
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
-    loop {
-        enum Step {
-            Frame(Bytes),
-            Ping,
+enum ReadError {
+    Io(#[allow(dead_code)] io::Error),
+    Protocol(ws::WsError),
+}
+
+/// The reading side's state: WebSocket and y-pk-batch reassembly, and an incomplete frame.
+struct Reader {
+    decoder: Decoder,
+    batch: Reassembler,
+    /// Bytes of an incomplete frame; empty (and unallocated) between frames.
+    partial: Vec<u8>,
+}
+
+impl Reader {
+    fn new(limit: usize, leftover: Bytes) -> Self {
+        Self {
+            decoder: Decoder::new(limit),
+            batch: Reassembler::new(limit),
+            partial: leftover.to_vec(),
         }
-        let step = tokio::select! {
-            biased;
-            _ = closer.closed() => break,
-            _ = ctx.shutdown.cancelled() => {
-                closer.close(code::GOING_AWAY, "server shutting down");
-                break;
+    }
+
+    fn has_input(&self) -> bool {
+        !self.partial.is_empty()
+    }
+
+    /// Reads what the socket has (up to a budget) and decodes it into `events`.
+    fn read(&mut self, peer: &Peer, events: &mut Vec<Event>) -> Result<Input, ReadError> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut total = 0;
+        // Input that arrived with the upgrade request.
+        if !self.partial.is_empty() {
+            self.decode_partial(events)?;
+        }
+        loop {
+            let n = match peer.stream().try_read(&mut chunk) {
+                Ok(0) => return Ok(Input::Eof),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Input::Open),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ReadError::Io(e)),
+            };
+            peer.heard();
+            total += n;
+            let input = &chunk[..n];
+            if self.partial.is_empty() {
+                let used = self
+                    .decoder
+                    .feed(input, events)
+                    .map_err(ReadError::Protocol)?;
+                self.keep(&input[used..]);
+            } else {
+                self.partial.extend_from_slice(input);
+                self.decode_partial(events)?;
             }
-            frame = frames.recv() => match frame {
-                Some(frame) => Step::Frame(frame),
-                None => {
-                    // The room dropped our outbox: it failed.
-                    closer.close(code::INTERNAL_ERROR, "room closed unexpectedly");
-                    break;
-                }
-            },
-            _ = ping.tick() => Step::Ping,
-        };
-        let io = async {
-            match step {
-                Step::Frame(frame) => {
-                    write_batch(&mut sink, frame, &mut frames, &queued_bytes).await
-                }
-                Step::Ping => sink.send(WsMessage::Ping(Bytes::new())).await,
+            if total >= READ_BUDGET || n < chunk.len() {
+                // Either enough for one round, or the socket is probably drained: a further
+                // read would most likely just say so. Readiness stays set if it is not.
+                return Ok(Input::Open);
             }
-        };
-        // A client that stops reading blocks the write; the room then closes it through the
-        // closer, which must win over the stuck write.
-        let written = tokio::select! {
-            _ = closer.closed() => break,
-            written = io => written,
-        };
-        if written.is_err() {
-            closer.close(code::GOING_AWAY, "write failed");
+        }
+    }
+
+    /// Decodes from the partial-frame buffer.
+    fn decode_partial(&mut self, events: &mut Vec<Event>) -> Result<(), ReadError> {
+        let used = self
+            .decoder
+            .feed(&self.partial, events)
+            .map_err(ReadError::Protocol)?;
+        self.partial.drain(..used);
+        if self.partial.is_empty() && self.partial.capacity() > KEEP_BUFFER {
+            self.partial = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Keeps the start of an incomplete frame, reserving room for all of it once its header is
+    /// in (its size was checked against the limit when the header was decoded).
+    fn keep(&mut self, rest: &[u8]) {
+        if rest.is_empty() {
             return;
         }
+        let want = Decoder::frame_len(rest)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(rest.len());
+        self.partial.reserve_exact(want.max(rest.len()));
+        self.partial.extend_from_slice(rest);
     }
-    // Send the close frame, unless the socket is stuck (a client that stopped reading).
-    if let Some((code, reason)) = closer.reason() {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let send = sink.send(WsMessage::Close(Some(frame)));
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send).await;
-    }
-}
 
-/// Writes `first` and whatever else is already queued, then flushes once and takes the written
-/// bytes off the queue's byte count.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, WsMessage>,
-    first: Bytes,
-    frames: &mut mpsc::Receiver<Bytes>,
-    queued_bytes: &AtomicUsize,
-) -> Result<(), axum::Error> {
-    let mut written = first.len();
-    sink.feed(WsMessage::Binary(first)).await?;
-    for _ in 0..64 {
-        match frames.try_recv() {
-            Ok(frame) => {
-                written += frame.len();
-                sink.feed(WsMessage::Binary(frame)).await?;
+    /// After our close frame: reads and discards until the client's close frame or the end of
+    /// the stream.
+    async fn until_close(&mut self, peer: &Peer) {
+        let mut events = Vec::new();
+        loop {
+            if std::future::poll_fn(|cx| peer.stream().poll_read_ready(cx))
+                .await
+                .is_err()
+            {
+                return;
             }
-            Err(_) => break,
+            events.clear();
+            match self.read(peer, &mut events) {
+                Ok(Input::Open) => {}
+                Ok(Input::Eof) | Err(_) => return,
+            }
+            if events.iter().any(|e| matches!(e, Event::Close(_))) {
+                return;
+            }
         }
     }
-    sink.flush().await?;
-    queued_bytes.fetch_sub(written, Ordering::Relaxed);
-    Ok(())
 }

@@ -6,13 +6,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use ripple_core::{RoomKey, DEFAULT_PARTY};
+use tokio::net::TcpStream;
+use tracing::debug;
 
 use crate::auth::UpgradeRequest;
 use crate::connection;
@@ -105,9 +109,9 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
             format!("server at its limit of {max} connections"),
         );
     }
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &ctx).await {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
+    let (accept, on_upgrade) = match websocket_handshake(&mut parts) {
+        Ok(v) => v,
+        Err(response) => return response,
     };
     let auth_req = UpgradeRequest {
         key: &key,
@@ -122,20 +126,85 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
         Ok(admission) => admission,
         Err(rejection) => return reject(rejection.status, rejection.reason),
     };
-    // tungstenite's default 128 KiB read buffer per socket (zero-filled on reads) dominated the
-    // memory of an idle connection and cost CPU on every read; 4 KiB keeps an idle socket
-    // small, and larger messages are still assembled whole (up to max_message_bytes).
-    let mut upgrade = upgrade
-        .read_buffer_size(4 * 1024)
-        .max_message_size(ctx.config.max_message_bytes)
-        .max_frame_size(ctx.config.max_message_bytes);
-    if let Some(protocol) = admission.subprotocol.clone() {
-        upgrade = upgrade.protocols([protocol]);
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(protocol) = admission.subprotocol.as_deref() {
+        match HeaderValue::from_str(protocol) {
+            Ok(value) => response = response.header(header::SEC_WEBSOCKET_PROTOCOL, value),
+            Err(_) => return reject(StatusCode::BAD_REQUEST, "unusable subprotocol"),
+        }
     }
     let tracker = ctx.tracker.clone();
-    upgrade.on_upgrade(move |socket| {
-        tracker.track_future(connection::serve(socket, key, admission, ctx))
-    })
+    tracker.spawn(async move {
+        // The socket itself: Ripple speaks WebSocket on it directly (see `connection.rs`).
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                connection::serve(parts.io.into_inner(), parts.read_buf, key, admission, ctx).await
+            }
+            Err(_) => debug!("upgraded connection is not a TCP stream"),
+        }
+    });
+    response
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "bad response"))
+}
+
+/// Checks an RFC 6455 opening handshake. Returns the `Sec-WebSocket-Accept` value and the
+/// upgrade future, or the HTTP error to answer with.
+fn websocket_handshake(parts: &mut Parts) -> Result<(String, OnUpgrade), Response> {
+    fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+    if parts.method != Method::GET {
+        return Err(reject(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "rooms are WebSocket endpoints: use GET with Upgrade: websocket",
+        ));
+    }
+    let headers = &parts.headers;
+    if !has_token(headers, header::UPGRADE, "websocket")
+        || !has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return Err(reject(
+            StatusCode::UPGRADE_REQUIRED,
+            "this is a WebSocket endpoint: send Connection: upgrade and Upgrade: websocket",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Version must be 13",
+        ));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(reject(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key missing"));
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+        return Err(reject(
+            StatusCode::UPGRADE_REQUIRED,
+            "this connection cannot be upgraded",
+        ));
+    };
+    Ok((accept, on_upgrade))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod config;
 mod connection;
 mod http;
 mod listener;
+mod peer;
 mod registry;
 mod room;
 pub mod stats;

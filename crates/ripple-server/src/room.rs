@@ -8,7 +8,8 @@
 //! share one commit.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,27 +17,19 @@ use bytes::Bytes;
 use ripple_core::awareness::ConnId;
 use ripple_core::room::{fold, Access, Room};
 use ripple_core::{RoomKey, Store, StoredRoom};
-use ripple_proto::Message;
-use tokio::sync::mpsc::error::TrySendError;
+use ripple_proto::{ws, Message};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::closer::{code, Closer};
+use crate::closer::code;
 use crate::config::{Config, PersistMode};
+use crate::peer::{now_ms, OutFrame, Peer, QueueLimits};
 use crate::stats::{inc, Stats};
 
 /// Most inbox messages handled in one turn (one storage commit).
 const MAX_BATCH: usize = 512;
-
-/// Where a room sends a connection's frames.
-#[derive(Debug, Clone)]
-pub(crate) struct Outbox {
-    pub(crate) frames: mpsc::Sender<Bytes>,
-    /// Bytes queued and not yet written to the socket (the writer subtracts what it flushed).
-    pub(crate) queued_bytes: Arc<AtomicUsize>,
-    pub(crate) closer: Closer,
-}
 
 /// Why a join was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -65,11 +58,12 @@ impl JoinError {
 #[derive(Debug)]
 pub(crate) enum RoomMsg {
     Join {
-        conn: ConnId,
+        peer: Arc<Peer>,
         access: Access,
         /// The authenticated user id, if any (decides awareness ownership).
         user: Option<Arc<str>>,
-        outbox: Outbox,
+        /// When the connection's token expires (it is then closed with 4001).
+        expires: Option<Instant>,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
     Frame {
@@ -90,10 +84,11 @@ pub(crate) struct RoomEnv {
 }
 
 struct ConnState {
-    outbox: Outbox,
+    peer: Arc<Peer>,
     access: Access,
     user: Option<Arc<str>>,
     told_read_only: bool,
+    expires: Option<Instant>,
 }
 
 /// Where a frame goes when the turn's output is flushed.
@@ -118,6 +113,22 @@ struct Actor {
     /// A compaction running in the background, if any.
     compaction: Option<tokio::task::JoinHandle<()>>,
     out: Vec<(Target, Bytes)>,
+    /// The next ping round (and idle check), or the next token expiry if sooner.
+    tick: Pin<Box<Sleep>>,
+    next_ping: Instant,
+    /// Shutdown was seen: connections were told to go, joins are refused.
+    shutting_down: bool,
+}
+
+impl Drop for Actor {
+    /// However the actor ends (a panic included), its connections are not left hanging: each
+    /// is closed (a no-op for those already closing) and reconnects to a fresh actor.
+    fn drop(&mut self) {
+        for c in self.conns.values() {
+            c.peer
+                .close(code::INTERNAL_ERROR, "room closed unexpectedly");
+        }
+    }
 }
 
 /// Runs a room until it has been empty for the linger time (or the server shuts down and it
@@ -156,7 +167,11 @@ pub(crate) async fn run(key: RoomKey, env: Arc<RoomEnv>, mut inbox: mpsc::Receiv
         log,
         compaction: None,
         out: Vec::new(),
+        tick: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        next_ping: Instant::now(),
+        shutting_down: false,
     };
+    actor.schedule_ping();
     actor.run(&mut inbox).await;
 }
 
@@ -213,7 +228,21 @@ impl Actor {
                     _ = self.env.shutdown.cancelled(), if linger > Duration::ZERO => continue,
                 }
             } else {
-                inbox.recv().await
+                let shutdown = self.env.shutdown.clone();
+                tokio::select! {
+                    msg = inbox.recv() => msg,
+                    _ = self.tick.as_mut() => {
+                        self.on_tick();
+                        continue;
+                    }
+                    _ = shutdown.cancelled(), if !self.shutting_down => {
+                        self.shutting_down = true;
+                        for c in self.conns.values() {
+                            c.peer.close(code::GOING_AWAY, "server shutting down");
+                        }
+                        continue;
+                    }
+                }
             };
             let Some(first) = first else {
                 // Every sender is gone: the server is shutting down.
@@ -243,12 +272,12 @@ impl Actor {
         for msg in batch.drain(..) {
             match msg {
                 RoomMsg::Join {
-                    conn,
+                    peer,
                     access,
                     user,
-                    outbox,
+                    expires,
                     reply,
-                } => self.join(conn, access, user, outbox, reply),
+                } => self.join(peer, access, user, expires, reply),
                 RoomMsg::Frame { conn, msg } => {
                     if let Some(update) = self.frame(conn, msg) {
                         updates.push(update);
@@ -278,8 +307,7 @@ impl Actor {
                         error!(room = %self.key, error = %e, "append failed; closing the room");
                         self.out.clear();
                         for (_, c) in self.conns.drain() {
-                            c.outbox
-                                .closer
+                            c.peer
                                 .close(code::INTERNAL_ERROR, "storage unavailable; retry later");
                         }
                         return false;
@@ -296,12 +324,17 @@ impl Actor {
 
     fn join(
         &mut self,
-        conn: ConnId,
+        peer: Arc<Peer>,
         access: Access,
         user: Option<Arc<str>>,
-        outbox: Outbox,
+        expires: Option<Instant>,
         reply: oneshot::Sender<Result<(), JoinError>>,
     ) {
+        if self.shutting_down {
+            let _ = reply.send(Err(JoinError::ShuttingDown));
+            return;
+        }
+        let conn = peer.id;
         let max = self.env.config.max_connections_per_room;
         if self.conns.len() >= max {
             let _ = reply.send(Err(JoinError::RoomFull(max)));
@@ -313,13 +346,23 @@ impl Actor {
         for frame in self.room.greeting() {
             self.out.push((Target::One(conn), frame));
         }
+        if self.conns.is_empty() {
+            // The first connection after a quiet spell: the ping rounds start now.
+            self.schedule_ping();
+        }
+        if let Some(at) = expires {
+            if at < self.tick.deadline() {
+                self.tick.as_mut().reset(at);
+            }
+        }
         self.conns.insert(
             conn,
             ConnState {
-                outbox,
+                peer,
                 access,
                 user,
                 told_read_only: false,
+                expires,
             },
         );
     }
@@ -355,7 +398,7 @@ impl Actor {
                 inc(&self.env.stats.protocol_errors);
                 warn!(room = %self.key, conn, error = %e, "closing connection: bad message");
                 if let Some(c) = self.conns.get(&conn) {
-                    c.outbox.closer.close(code::PROTOCOL_ERROR, e.to_string());
+                    c.peer.close(code::PROTOCOL_ERROR, &e.to_string());
                 }
                 self.leave(conn);
                 None
@@ -371,45 +414,52 @@ impl Actor {
         }
     }
 
-    /// Delivers the turn's frames. A connection whose queue is full is closed (it reconnects
-    /// and resyncs); nothing is dropped silently.
+    /// Delivers the turn's frames: each connection gets the frames addressed to it, in order,
+    /// in one write. A connection whose queue is full is closed (it reconnects and resyncs);
+    /// nothing is dropped silently.
     fn flush(&mut self) {
-        let max_bytes = self.env.config.outbound_queue_bytes;
+        let limits = QueueLimits {
+            frames: self.env.config.outbound_queue_frames,
+            bytes: self.env.config.outbound_queue_bytes,
+        };
+        let mut mine: Vec<OutFrame> = Vec::new();
         while !self.out.is_empty() {
             let out = std::mem::take(&mut self.out);
+            // Framed once; each recipient shares the payload.
+            let framed: Vec<(Target, OutFrame)> = out
+                .into_iter()
+                .map(|(target, body)| (target, OutFrame::binary(body)))
+                .collect();
             let mut slow = Vec::new();
-            for (target, frame) in out {
-                match target {
-                    Target::One(id) => {
-                        if let Some(c) = self.conns.get(&id) {
-                            if !deliver(&self.env.stats, c, &frame, max_bytes) {
-                                slow.push(id);
-                            }
-                        }
-                    }
-                    Target::AllBut(skip) => {
-                        for (id, c) in &self.conns {
-                            if *id != skip && !deliver(&self.env.stats, c, &frame, max_bytes) {
-                                slow.push(*id);
-                            }
-                        }
-                    }
-                    Target::All => {
-                        for (id, c) in &self.conns {
-                            if !deliver(&self.env.stats, c, &frame, max_bytes) {
-                                slow.push(*id);
-                            }
-                        }
+            for (id, c) in &self.conns {
+                mine.clear();
+                for (target, frame) in &framed {
+                    let to_me = match target {
+                        Target::One(one) => one == id,
+                        Target::AllBut(skip) => skip != id,
+                        Target::All => true,
+                    };
+                    if to_me {
+                        mine.push(frame.clone());
                     }
                 }
+                if mine.is_empty() {
+                    continue;
+                }
+                if c.peer.send(&mine, limits) {
+                    self.env
+                        .stats
+                        .frames_sent
+                        .fetch_add(mine.len() as u64, Relaxed);
+                } else {
+                    slow.push(*id);
+                }
             }
-            slow.sort_unstable();
-            slow.dedup();
             for id in slow {
                 if let Some(c) = self.conns.get(&id) {
                     inc(&self.env.stats.slow_consumer_closes);
                     info!(room = %self.key, conn = id, "closing a connection that reads too slowly");
-                    c.outbox.closer.close(
+                    c.peer.close(
                         code::TRY_AGAIN_LATER,
                         "outbound queue full; reconnect to resync",
                     );
@@ -418,6 +468,54 @@ impl Actor {
                 self.leave(id);
             }
         }
+    }
+
+    /// Sets the next ping round one interval from now.
+    fn schedule_ping(&mut self) {
+        self.next_ping = Instant::now() + self.env.config.ping_interval();
+        self.tick.as_mut().reset(self.next_ping);
+    }
+
+    /// Pings every connection once an interval and closes those not heard from within the idle
+    /// timeout (a peer that vanished never answers), and closes connections whose token
+    /// expired. Then sets the next tick.
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_ping {
+            let idle_ms = self.env.config.idle_timeout().as_millis() as u64;
+            let ping = [OutFrame::new(ws::opcode::PING, Bytes::new())];
+            let limits = QueueLimits {
+                frames: self.env.config.outbound_queue_frames,
+                bytes: self.env.config.outbound_queue_bytes,
+            };
+            let heard_by = now_ms().saturating_sub(idle_ms);
+            for c in self.conns.values() {
+                if c.peer.last_heard() < heard_by {
+                    c.peer.close(
+                        code::GOING_AWAY,
+                        "no message or pong within the idle timeout",
+                    );
+                } else if !c.peer.send(&ping, limits) {
+                    c.peer.close(
+                        code::TRY_AGAIN_LATER,
+                        "outbound queue full; reconnect to resync",
+                    );
+                }
+            }
+            self.next_ping = now + self.env.config.ping_interval();
+        }
+        let mut next = self.next_ping;
+        for c in self.conns.values() {
+            match c.expires {
+                Some(at) if at <= now => {
+                    debug!(room = %self.key, conn = c.peer.id, "closing connection: token expired");
+                    c.peer.close(code::TOKEN_EXPIRED, "token expired");
+                }
+                Some(at) => next = next.min(at),
+                None => {}
+            }
+        }
+        self.tick.as_mut().reset(next);
     }
 
     /// Starts a background compaction when the mode asks for one (`force`: the room emptied).
@@ -534,25 +632,5 @@ impl Compaction {
             .compact(key, snapshot, self.through)
             .await
             .map_err(|e| e.to_string())
-    }
-}
-
-/// Queues `frame` for `c`; false when its queue is full (by frames, or by bytes: a frame that
-/// would take the queue past `max_bytes` counts as full unless the queue is empty, so one large
-/// frame, such as a big initial sync, still goes through).
-fn deliver(stats: &Stats, c: &ConnState, frame: &Bytes, max_bytes: usize) -> bool {
-    let queued = c.outbox.queued_bytes.load(Relaxed);
-    if queued > 0 && queued + frame.len() > max_bytes {
-        return false;
-    }
-    match c.outbox.frames.try_send(frame.clone()) {
-        Ok(()) => {
-            c.outbox.queued_bytes.fetch_add(frame.len(), Relaxed);
-            inc(&stats.frames_sent);
-            true
-        }
-        Err(TrySendError::Full(_)) => false,
-        // The connection is already gone; its Leave is on the way.
-        Err(TrySendError::Closed(_)) => true,
     }
 }

@@ -1,0 +1,371 @@
+//! The sending side of one connection, shared by its connection task and its room.
+//!
+//! The room writes straight to the socket: [`Peer::send`] takes the frames of one turn and
+//! hands them to the kernel in one vectored, non-blocking write. Only what the socket does not
+//! take at once is queued, and then the connection task is woken to write the rest when the
+//! socket drains. So a delivery costs one system call and no task wake-up, and an idle
+//! connection holds no buffers at all. Frames are a header next to a shared payload: a
+//! broadcast is encoded once and never copied per recipient.
+//!
+//! The queue is bounded (frames and bytes); [`Peer::send`] reports a full queue and the room
+//! closes that connection with 1013, so the client reconnects and resyncs. Nothing is dropped
+//! silently: frames are only discarded once the connection is closing.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use ripple_core::awareness::ConnId;
+use ripple_proto::ws::{self, Head};
+use tokio::net::TcpStream;
+
+/// Most frames handed to one `writev` (two slices each; Linux allows 1,024).
+const MAX_FRAMES_PER_WRITE: usize = 64;
+
+/// Milliseconds since the process's first use of this clock; cheap to store in an atomic.
+pub(crate) fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// One server frame: header and shared payload.
+#[derive(Debug, Clone)]
+pub(crate) struct OutFrame {
+    head: Head,
+    body: Bytes,
+}
+
+impl OutFrame {
+    /// A binary frame carrying `body`.
+    pub(crate) fn binary(body: Bytes) -> Self {
+        Self::new(ws::opcode::BINARY, body)
+    }
+
+    pub(crate) fn new(opcode: u8, body: Bytes) -> Self {
+        Self {
+            head: Head::new(opcode, body.len()),
+            body,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.head.as_bytes().len() + self.body.len()
+    }
+
+    /// This frame's bytes from `offset` on, as at most two slices.
+    fn slices(&self, offset: usize) -> [&[u8]; 2] {
+        let head = self.head.as_bytes();
+        if offset < head.len() {
+            [&head[offset..], &self.body]
+        } else {
+            [&[], &self.body[offset - head.len()..]]
+        }
+    }
+}
+
+/// Bounds on what may wait for a slow socket.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    pub(crate) frames: usize,
+    pub(crate) bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Out {
+    queue: VecDeque<OutFrame>,
+    /// Bytes of the front frame already written.
+    offset: usize,
+    /// Bytes in `queue` not yet written.
+    queued_bytes: usize,
+    /// Set once a close was asked for: code and reason.
+    close: Option<(u16, String)>,
+    /// The close frame has been queued; nothing more is written after it.
+    close_queued: bool,
+    /// A write failed: the socket is dead.
+    failed: bool,
+}
+
+/// The shared half of a connection.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) id: ConnId,
+    stream: TcpStream,
+    out: Mutex<Out>,
+    /// The connection task: woken when it must write the queue or close.
+    task: AtomicWaker,
+    /// When the connection last received anything ([`now_ms`]).
+    last_heard: AtomicU64,
+}
+
+/// Writes `frames` (the first from `offset` on) in as few calls as the kernel allows, until
+/// all are written or the socket would block. Returns the bytes written.
+fn write_frames<'a>(
+    stream: &TcpStream,
+    frames: impl Iterator<Item = &'a OutFrame> + Clone,
+    offset: usize,
+) -> io::Result<usize> {
+    let mut written = 0;
+    loop {
+        // Skip what earlier rounds wrote.
+        let mut skip = offset + written;
+        let mut slices = [IoSlice::new(&[]); 2 * MAX_FRAMES_PER_WRITE];
+        let mut count = 0;
+        for frame in frames.clone() {
+            if count + 2 > slices.len() {
+                break;
+            }
+            let len = frame.len();
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            for s in frame.slices(skip) {
+                if !s.is_empty() {
+                    slices[count] = IoSlice::new(s);
+                    count += 1;
+                }
+            }
+            skip = 0;
+        }
+        if count == 0 {
+            return Ok(written);
+        }
+        match stream.try_write_vectored(&slices[..count]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(written),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Out {
+    /// Takes `n` written bytes off the front of the queue.
+    fn advance(&mut self, mut n: usize) {
+        self.queued_bytes -= n;
+        while n > 0 {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            let left = front.len() - self.offset;
+            if n >= left {
+                n -= left;
+                self.offset = 0;
+                self.queue.pop_front();
+            } else {
+                self.offset += n;
+                n = 0;
+            }
+        }
+        if self.queue.is_empty() && self.queue.capacity() > 16 {
+            // A burst is over; an idle connection keeps no queue memory.
+            self.queue = VecDeque::new();
+        }
+    }
+}
+
+impl Peer {
+    pub(crate) fn new(id: ConnId, stream: TcpStream) -> Self {
+        Self {
+            id,
+            stream,
+            out: Mutex::new(Out::default()),
+            task: AtomicWaker::new(),
+            last_heard: AtomicU64::new(now_ms()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Out> {
+        // A panic while holding the lock leaves the queue consistent (every update is done
+        // before anything that can panic), so a poisoned lock is still usable.
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Sends `frames` in order after whatever is queued. Returns false, queuing nothing, if they
+    /// would take the queue past `limits` (a frame bigger than the byte limit still goes to an
+    /// empty queue, so a large initial sync is possible). Frames for a closing connection are
+    /// discarded: it resyncs when it reconnects.
+    pub(crate) fn send(&self, frames: &[OutFrame], limits: QueueLimits) -> bool {
+        if frames.is_empty() {
+            return true;
+        }
+        let mut out = self.lock();
+        if out.close.is_some() || out.failed {
+            return true;
+        }
+        let bytes: usize = frames.iter().map(OutFrame::len).sum();
+        if !out.queue.is_empty() {
+            let too_many = out.queue.len() + frames.len() > limits.frames;
+            if too_many || out.queued_bytes + bytes > limits.bytes {
+                return false;
+            }
+            out.queue.extend(frames.iter().cloned());
+            out.queued_bytes += bytes;
+            return true;
+        }
+        // Nothing waiting: write now, queue only the remainder.
+        let written = match write_frames(&self.stream, frames.iter(), 0) {
+            Ok(n) => n,
+            Err(_) => {
+                out.failed = true;
+                drop(out);
+                self.close(crate::closer::code::GOING_AWAY, "write failed");
+                return true;
+            }
+        };
+        if written == bytes {
+            return true;
+        }
+        // Part of it is on the wire: the rest must follow, whatever the limits say (they apply
+        // to the next send).
+        out.queue.extend(frames.iter().cloned());
+        out.queued_bytes = bytes;
+        out.advance(written);
+        drop(out);
+        self.task.wake();
+        true
+    }
+
+    /// Asks the connection to close with `code` and `reason` (the first request wins). Queued
+    /// frames are dropped, except one already partly written.
+    pub(crate) fn close(&self, code: u16, reason: &str) {
+        {
+            let mut out = self.lock();
+            if out.close.is_some() {
+                return;
+            }
+            out.close = Some((code, reason.to_owned()));
+        }
+        self.task.wake();
+    }
+
+    /// Whether a close was asked for.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.lock().close.is_some()
+    }
+
+    pub(crate) fn last_heard(&self) -> u64 {
+        self.last_heard.load(Relaxed)
+    }
+
+    pub(crate) fn heard(&self) {
+        self.last_heard.store(now_ms(), Relaxed);
+    }
+
+    /// What the connection task must do next: close (if asked to), write (if frames wait and
+    /// the socket can take them), or read (when the socket has input).
+    pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Wake> {
+        self.task.register(cx.waker());
+        {
+            let out = self.lock();
+            if out.close.is_some() {
+                return Poll::Ready(Wake::Close);
+            }
+            if !out.queue.is_empty() {
+                if let Poll::Ready(ready) = self.stream.poll_write_ready(cx) {
+                    return Poll::Ready(match ready {
+                        Ok(()) => Wake::Writable,
+                        Err(_) => Wake::Failed,
+                    });
+                }
+            }
+        }
+        match self.stream.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Wake::Readable),
+            Poll::Ready(Err(_)) => Poll::Ready(Wake::Failed),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Writes as much of the queue as the socket takes now.
+    pub(crate) fn write_queued(&self) -> io::Result<()> {
+        let mut out = self.lock();
+        let result = write_frames(&self.stream, out.queue.iter(), out.offset);
+        match result {
+            Ok(n) => {
+                out.advance(n);
+                Ok(())
+            }
+            Err(e) => {
+                out.failed = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the closing handshake: keeps only a partly written frame, queues a close frame
+    /// with the requested code (or `fallback` if none was asked for), and stops all other
+    /// writes. Returns the code sent.
+    pub(crate) fn queue_close(&self, fallback: (u16, &str)) -> u16 {
+        let mut out = self.lock();
+        if out.close.is_none() {
+            out.close = Some((fallback.0, fallback.1.to_owned()));
+        }
+        let (code, reason) = out.close.clone().unwrap_or_default();
+        if out.close_queued || out.failed {
+            return code;
+        }
+        let keep = usize::from(out.offset > 0);
+        while out.queue.len() > keep {
+            out.queue.pop_back();
+        }
+        out.queued_bytes = out.queue.front().map_or(0, |f| f.len() - out.offset);
+        let frame = OutFrame::new(ws::opcode::CLOSE, ws::close_payload(code, &reason));
+        out.queued_bytes += frame.len();
+        out.queue.push_back(frame);
+        out.close_queued = true;
+        code
+    }
+
+    /// Queues a control frame the connection itself answers with (a pong), unbounded by the
+    /// queue limits but at most one per received ping.
+    pub(crate) fn send_control(&self, frame: OutFrame) {
+        let limits = QueueLimits {
+            frames: usize::MAX,
+            bytes: usize::MAX,
+        };
+        self.send(std::slice::from_ref(&frame), limits);
+    }
+
+    /// Resolves once the queue is written out (or the socket failed).
+    pub(crate) async fn drain(&self) {
+        std::future::poll_fn(|cx| {
+            let out = self.lock();
+            if out.queue.is_empty() || out.failed {
+                return Poll::Ready(());
+            }
+            match self.stream.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    drop(out);
+                    if self.write_queued().is_err() {
+                        return Poll::Ready(());
+                    }
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+                Poll::Ready(Err(_)) => Poll::Ready(()),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// What woke the connection task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    Close,
+    Writable,
+    Readable,
+    Failed,
+}
