@@ -111,7 +111,7 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
     }
     let (accept, on_upgrade) = match websocket_handshake(&mut parts) {
         Ok(v) => v,
-        Err(response) => return response,
+        Err((status, reason)) => return reject(status, reason),
     };
     let auth_req = UpgradeRequest {
         key: &key,
@@ -161,7 +161,9 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
 
 /// Checks an RFC 6455 opening handshake. Returns the `Sec-WebSocket-Accept` value and the
 /// upgrade future, or the HTTP error to answer with.
-fn websocket_handshake(parts: &mut Parts) -> Result<(String, OnUpgrade), Response> {
+fn websocket_handshake(
+    parts: &mut Parts,
+) -> Result<(String, OnUpgrade), (StatusCode, &'static str)> {
     fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
         headers
             .get_all(name)
@@ -171,7 +173,7 @@ fn websocket_handshake(parts: &mut Parts) -> Result<(String, OnUpgrade), Respons
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
     if parts.method != Method::GET {
-        return Err(reject(
+        return Err((
             StatusCode::METHOD_NOT_ALLOWED,
             "rooms are WebSocket endpoints: use GET with Upgrade: websocket",
         ));
@@ -180,7 +182,7 @@ fn websocket_handshake(parts: &mut Parts) -> Result<(String, OnUpgrade), Respons
     if !has_token(headers, header::UPGRADE, "websocket")
         || !has_token(headers, header::CONNECTION, "upgrade")
     {
-        return Err(reject(
+        return Err((
             StatusCode::UPGRADE_REQUIRED,
             "this is a WebSocket endpoint: send Connection: upgrade and Upgrade: websocket",
         ));
@@ -189,17 +191,14 @@ fn websocket_handshake(parts: &mut Parts) -> Result<(String, OnUpgrade), Respons
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_none_or(|v| v.as_bytes() != b"13")
     {
-        return Err(reject(
-            StatusCode::BAD_REQUEST,
-            "Sec-WebSocket-Version must be 13",
-        ));
+        return Err((StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13"));
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return Err(reject(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key missing"));
+        return Err((StatusCode::BAD_REQUEST, "Sec-WebSocket-Key missing"));
     };
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
-        return Err(reject(
+        return Err((
             StatusCode::UPGRADE_REQUIRED,
             "this connection cannot be upgraded",
         ));
