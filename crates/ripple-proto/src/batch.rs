@@ -42,7 +42,8 @@ struct Pending {
 #[derive(Debug)]
 pub struct Reassembler {
     limit: usize,
-    pending: Option<Pending>,
+    /// Boxed: a reassembler sits in every connection, a batch in progress in few.
+    pending: Option<Box<Pending>>,
 }
 
 fn bad(msg: impl Into<String>) -> DecodeError {
@@ -107,13 +108,13 @@ impl Reassembler {
                 if count == 0 || count > size.max(1) {
                     return Err(bad("chunk count does not fit the size"));
                 }
-                self.pending = Some(Pending {
+                self.pending = Some(Box::new(Pending {
                     id: marker.id,
                     size,
                     count,
                     received: 0,
                     buf: BytesMut::with_capacity(size),
-                });
+                }));
                 Ok(None)
             }
             MarkerType::End => {

@@ -8,19 +8,23 @@
 //! An idle connection holds no buffers: reads go through a stack buffer, and only an
 //! incomplete frame is kept, in a buffer sized to it.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use ripple_core::room::Access;
 use ripple_core::RoomKey;
 use ripple_proto::batch::Reassembler;
 use ripple_proto::ws::{self, Decoder, Event};
 use ripple_proto::{DecodeError, Message};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -43,48 +47,51 @@ const KEEP_BUFFER: usize = 64 * 1024;
 /// How long the closing handshake may take.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Serves one upgraded socket until it closes. `leftover` is what the client sent after its
-/// upgrade request, already read by the HTTP layer.
-pub(crate) async fn serve(
-    stream: TcpStream,
-    leftover: Bytes,
+/// Phase one of a connection, in its own short-lived task: completes the upgrade, takes the
+/// socket back from hyper, and joins the room. Phase two, the long-lived task, is then spawned
+/// with only what it needs: this phase's futures (the upgrade, the registry and the join) are
+/// large, and an idle connection should not carry them.
+pub(crate) async fn accept(
+    on_upgrade: OnUpgrade,
     key: RoomKey,
     admission: Admission,
     ctx: Arc<ServerCtx>,
 ) {
+    let parts = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
+        Ok(Ok(parts)) => parts,
+        Ok(Err(_)) => return debug!("upgraded connection is not a TCP stream"),
+        Err(e) => return debug!(error = %e, "upgrade failed"),
+    };
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     inc(&ctx.stats.connections_total);
     inc(&ctx.stats.connections_active);
-    let peer = Arc::new(Peer::new(conn, stream));
-    serve_inner(&peer, leftover, &key, admission, &ctx).await;
-    dec(&ctx.stats.connections_active);
-}
-
-async fn serve_inner(
-    peer: &Arc<Peer>,
-    leftover: Bytes,
-    key: &RoomKey,
-    admission: Admission,
-    ctx: &Arc<ServerCtx>,
-) {
+    let peer = Arc::new(Peer::new(conn, parts.io.into_inner()));
+    // What the client sent after its upgrade request, already read by hyper.
+    let mut reader = Reader::new(ctx.config.max_message_bytes, parts.read_buf);
     let expires = admission
         .expires_at
         .filter(|_| ctx.config.auth.close_on_expiry)
         .and_then(deadline);
     let user: Option<Arc<str>> = admission.user.map(Into::into);
-    let mut reader = Reader::new(ctx.config.max_message_bytes, leftover);
-    let room = match join(ctx, key, peer, admission.access, user, expires).await {
-        Ok(room) => room,
-        Err(e) => {
-            debug!(room = %key, conn = peer.id, error = %e, "join refused");
-            peer.close(e.close_code(), &e.to_string());
-            finish(peer, &mut reader, Ended::ByUs).await;
-            return;
+    match join(&ctx, &key, &peer, admission.access, user, expires).await {
+        Ok(room) => {
+            let tracker = ctx.tracker.clone();
+            let conn = Conn {
+                peer,
+                reader,
+                room,
+                key,
+                ctx,
+            };
+            tracker.spawn(conn.run());
         }
-    };
-    let ended = read_loop(peer, &mut reader, &room, key, ctx).await;
-    let _ = room.tx.send(RoomMsg::Leave { conn: peer.id }).await;
-    finish(peer, &mut reader, ended).await;
+        Err(e) => {
+            debug!(room = %key, conn, error = %e, "join refused");
+            peer.close(e.close_code(), &e.to_string());
+            finish(&peer, &mut reader, Ended::ByUs).await;
+            dec(&ctx.stats.connections_active);
+        }
+    }
 }
 
 /// How the read loop ended.
@@ -160,109 +167,152 @@ fn deadline(at: SystemTime) -> Option<Instant> {
     Instant::now().checked_add(left)
 }
 
-/// Reads until the connection should end.
-async fn read_loop(
-    peer: &Peer,
-    reader: &mut Reader,
-    room: &RoomHandle,
-    key: &RoomKey,
-    ctx: &ServerCtx,
-) -> Ended {
-    // What the HTTP layer read past the upgrade request.
-    let mut step = if reader.has_input() {
-        Wake::Readable
-    } else {
-        Wake::Writable
-    };
-    loop {
-        match step {
-            Wake::Close => return Ended::ByUs,
-            Wake::Failed => return Ended::SocketGone,
-            Wake::Writable => {
-                if peer.write_queued().is_err() {
-                    return Ended::SocketGone;
+/// A joined connection: everything its long-lived task holds.
+struct Conn {
+    peer: Arc<Peer>,
+    reader: Reader,
+    room: RoomHandle,
+    key: RoomKey,
+    ctx: Arc<ServerCtx>,
+}
+
+impl Conn {
+    /// Phase two: serves the connection until it closes, then leaves the room. (A plain fn
+    /// returning an `async move` block: an `async fn` taking `self` would store it twice.)
+    #[allow(clippy::manual_async_fn)]
+    fn run(mut self) -> impl Future<Output = ()> + Send {
+        async move {
+            let ended = self.read_loop().await;
+            if let Forward::Wait(wait) = self.forward(RoomMsg::Leave { conn: self.peer.id }) {
+                wait.await;
+            }
+            // Boxed: the closing handshake's timers are large, and only needed at the end.
+            Box::pin(finish(&self.peer, &mut self.reader, ended)).await;
+            dec(&self.ctx.stats.connections_active);
+        }
+    }
+
+    /// Reads until the connection should end.
+    async fn read_loop(&mut self) -> Ended {
+        // Input that came with the upgrade request is decoded first.
+        let mut step = if self.reader.has_input() {
+            Wake::Readable
+        } else {
+            Wake::Writable
+        };
+        loop {
+            match step {
+                Wake::Close => return Ended::ByUs,
+                Wake::Failed => return Ended::SocketGone,
+                Wake::Writable => {
+                    if self.peer.write_queued().is_err() {
+                        return Ended::SocketGone;
+                    }
+                }
+                Wake::Readable => {
+                    let (msgs, end) = self.read_messages();
+                    for msg in msgs {
+                        let msg = RoomMsg::Frame {
+                            conn: self.peer.id,
+                            msg,
+                        };
+                        let sent = match self.forward(msg) {
+                            Forward::Sent => true,
+                            Forward::RoomGone => false,
+                            Forward::Wait(wait) => wait.await,
+                        };
+                        if !sent {
+                            self.peer.close(code::INTERNAL_ERROR, "room closed");
+                            return Ended::ByUs;
+                        }
+                    }
+                    if let Some(end) = end {
+                        return end;
+                    }
                 }
             }
-            Wake::Readable => {
-                let mut events = Vec::new();
-                match reader.read(peer, &mut events) {
-                    Ok(Input::Open) => {}
-                    Ok(Input::Eof) => {
-                        if events.is_empty() {
-                            return Ended::SocketGone;
-                        }
-                    }
-                    Err(ReadError::Io(_)) => return Ended::SocketGone,
-                    Err(ReadError::Protocol(e)) => {
-                        // Handle what came before the bad frame, then close.
-                        let ended = handle(peer, reader, room, key, ctx, &mut events).await;
-                        if ended.is_none() {
-                            protocol_error(peer, key, ctx, e.close_code(), &e.to_string());
-                        }
-                        return Ended::ByUs;
-                    }
+            step = std::future::poll_fn(|cx| self.peer.poll_next(cx)).await;
+        }
+    }
+
+    /// Hands a message to the room; false if the room is gone. Waiting for room in its inbox
+    /// is the rare case: that wait is boxed, so the task stays small.
+    fn forward(&self, msg: RoomMsg) -> Forward<'_> {
+        match self.room.tx.try_send(msg) {
+            Ok(()) => Forward::Sent,
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                Forward::Wait(Box::pin(
+                    async move { self.room.tx.send(msg).await.is_ok() },
+                ))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Forward::RoomGone,
+        }
+    }
+
+    /// Reads what the socket has and turns it into messages for the room, answering pings on
+    /// the way. Also returns how the connection ends, if this read ended it (the messages that
+    /// came before are still delivered).
+    fn read_messages(&mut self) -> (Vec<Message>, Option<Ended>) {
+        let mut events = Vec::new();
+        let mut end = match self.reader.read(&self.peer, &mut events) {
+            Ok(Input::Open) => None,
+            Ok(Input::Eof) => Some(Ended::SocketGone),
+            Err(ReadError::Io(_)) => Some(Ended::SocketGone),
+            Err(ReadError::Protocol(e)) => {
+                self.protocol_error(e.close_code(), &e.to_string());
+                Some(Ended::ByUs)
+            }
+        };
+        let mut msgs = Vec::new();
+        for event in events {
+            let assembled = match event {
+                Event::Binary(bytes) => self.reader.batch.binary(bytes),
+                Event::Text(bytes) => match std::str::from_utf8(&bytes) {
+                    Ok(text) => self.reader.batch.text(text),
+                    Err(_) => Err(DecodeError::Batch("text frame is not UTF-8".into())),
+                },
+                Event::Ping(payload) => {
+                    self.peer
+                        .send_control(OutFrame::new(ws::opcode::PONG, payload));
+                    continue;
                 }
-                if let Some(ended) = handle(peer, reader, room, key, ctx, &mut events).await {
-                    return ended;
+                Event::Pong => continue,
+                Event::Close(close) => {
+                    end = Some(Ended::ClientClosed(close.map(|(c, _)| c)));
+                    break;
+                }
+            };
+            match assembled.and_then(|frame| frame.map(Message::decode).transpose()) {
+                Ok(Some(msg)) => msgs.push(msg),
+                Ok(None) => {}
+                Err(e) => {
+                    let code = match e {
+                        DecodeError::TooLarge { .. } => code::TOO_BIG,
+                        DecodeError::Batch(_) => code::UNSUPPORTED_DATA,
+                        _ => code::PROTOCOL_ERROR,
+                    };
+                    self.protocol_error(code, &e.to_string());
+                    end = Some(Ended::ByUs);
+                    break;
                 }
             }
         }
-        step = std::future::poll_fn(|cx| peer.poll_next(cx)).await;
+        (msgs, end)
+    }
+
+    fn protocol_error(&self, code: u16, reason: &str) {
+        inc(&self.ctx.stats.protocol_errors);
+        warn!(room = %self.key, conn = self.peer.id, error = reason, "closing connection: malformed frame");
+        self.peer.close(code, reason);
     }
 }
 
-fn protocol_error(peer: &Peer, key: &RoomKey, ctx: &ServerCtx, code: u16, reason: &str) {
-    inc(&ctx.stats.protocol_errors);
-    warn!(room = %key, conn = peer.id, error = reason, "closing connection: malformed frame");
-    peer.close(code, reason);
-}
-
-/// Acts on the decoded events, in order. Returns how the connection ended, if it did.
-async fn handle(
-    peer: &Peer,
-    reader: &mut Reader,
-    room: &RoomHandle,
-    key: &RoomKey,
-    ctx: &ServerCtx,
-    events: &mut Vec<Event>,
-) -> Option<Ended> {
-    for event in events.drain(..) {
-        let assembled = match event {
-            Event::Binary(bytes) => reader.batch.binary(bytes),
-            Event::Text(bytes) => match std::str::from_utf8(&bytes) {
-                Ok(text) => reader.batch.text(text),
-                Err(_) => Err(DecodeError::Batch("text frame is not UTF-8".into())),
-            },
-            Event::Ping(payload) => {
-                peer.send_control(OutFrame::new(ws::opcode::PONG, payload));
-                continue;
-            }
-            Event::Pong => continue,
-            Event::Close(close) => return Some(Ended::ClientClosed(close.map(|(c, _)| c))),
-        };
-        let msg = match assembled.and_then(|frame| frame.map(Message::decode).transpose()) {
-            Ok(Some(msg)) => msg,
-            Ok(None) => continue,
-            Err(e) => {
-                let code = match e {
-                    DecodeError::TooLarge { .. } => code::TOO_BIG,
-                    DecodeError::Batch(_) => code::UNSUPPORTED_DATA,
-                    _ => code::PROTOCOL_ERROR,
-                };
-                protocol_error(peer, key, ctx, code, &e.to_string());
-                return Some(Ended::ByUs);
-            }
-        };
-        if peer.is_closing() {
-            return Some(Ended::ByUs);
-        }
-        let frame = RoomMsg::Frame { conn: peer.id, msg };
-        if room.tx.send(frame).await.is_err() {
-            peer.close(code::INTERNAL_ERROR, "room closed");
-            return Some(Ended::ByUs);
-        }
-    }
-    None
+/// How handing a message to the room went.
+enum Forward<'a> {
+    Sent,
+    RoomGone,
+    /// The inbox is full: wait for room.
+    Wait(Pin<Box<dyn Future<Output = bool> + Send + 'a>>),
 }
 
 /// What a read found.

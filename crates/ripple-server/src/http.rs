@@ -13,10 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use ripple_core::{RoomKey, DEFAULT_PARTY};
-use tokio::net::TcpStream;
-use tracing::debug;
 
 use crate::auth::UpgradeRequest;
 use crate::connection;
@@ -138,22 +135,7 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
         }
     }
     let tracker = ctx.tracker.clone();
-    tracker.spawn(async move {
-        // The socket itself: Ripple speaks WebSocket on it directly (see `connection.rs`).
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                connection::serve(parts.io.into_inner(), parts.read_buf, key, admission, ctx).await
-            }
-            Err(_) => debug!("upgraded connection is not a TCP stream"),
-        }
-    });
+    tracker.spawn(connection::accept(on_upgrade, key, admission, ctx));
     response
         .body(axum::body::Body::empty())
         .unwrap_or_else(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "bad response"))

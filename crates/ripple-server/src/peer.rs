@@ -249,11 +249,6 @@ impl Peer {
         self.task.wake();
     }
 
-    /// Whether a close was asked for.
-    pub(crate) fn is_closing(&self) -> bool {
-        self.lock().close.is_some()
-    }
-
     pub(crate) fn last_heard(&self) -> u64 {
         self.last_heard.load(Relaxed)
     }
