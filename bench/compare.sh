@@ -172,6 +172,7 @@ args_for() {
   echo "kernel: $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "code: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' + uncommitted changes under crates/'); node $(node --version 2>/dev/null || echo none)"
   echo "disk before: $("$BENCH" fsync --dir "${TMPDIR:-/tmp}")"
+  echo "delivery floor: $("$BENCH" floor)"
 } | tee "$OUT/machine.txt" >&2
 
 started=$(date +%s)

@@ -131,6 +131,21 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         count: usize,
     },
+    /// Measure the machine's floor for a delivery: the CPU one small loopback TCP send costs the
+    /// sending thread (the kernel delivers to the receiving socket on the sender's time), paced
+    /// like fanout so every send wakes an idle reader. No server can deliver an update over
+    /// TCP for less; compare it with "server CPU per delivered update".
+    Floor {
+        /// Receiving sockets (one reader thread each).
+        #[arg(long, default_value_t = 10)]
+        sockets: usize,
+        /// Rounds of one send per socket.
+        #[arg(long, default_value_t = 2000)]
+        rounds: usize,
+        /// Pause between rounds, in microseconds.
+        #[arg(long, default_value_t = 500)]
+        pause_us: u64,
+    },
     /// Combine JSON lines of several runs into one markdown table and an SVG chart.
     Report {
         /// File of JSON lines (other lines are ignored).
@@ -158,6 +173,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (g, run): (Global, Box<dyn FnOnce(Common) -> Scenario>) = match cli.command {
         Command::Fsync { dir, count } => return fsync_probe(&dir, count),
+        Command::Floor {
+            sockets,
+            rounds,
+            pause_us,
+        } => return send_floor(sockets, rounds, pause_us),
         Command::Report {
             input,
             baseline,
@@ -384,22 +404,76 @@ fn fsync_probe(dir: &std::path::Path, count: usize) -> anyhow::Result<()> {
     let mut f =
         std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
     let mut times = Vec::with_capacity(count);
+    let cpu_start = thread_cpu_ns()?;
     for _ in 0..count.max(1) {
         f.write_all(&[0u8; 64])?;
         let t = std::time::Instant::now();
         f.sync_data()?;
         times.push(t.elapsed().as_micros() as u64);
     }
+    let cpu_us = (thread_cpu_ns()? - cpu_start) as f64 / 1000.0 / times.len() as f64;
     drop(f);
     let _ = std::fs::remove_file(&path);
     times.sort_unstable();
     let ms = |p: f64| ripple_bench::report::percentile(&times, p).map_or(0.0, |v| v / 1000.0);
     println!(
-        "fsync p50 {:.3} ms, p99 {:.3} ms ({} x 64-byte write + fdatasync in {})",
+        "fsync p50 {:.3} ms, p99 {:.3} ms, {:.1} µs CPU each ({} x 64-byte write + fdatasync in {})",
         ms(50.0),
         ms(99.0),
+        cpu_us,
         times.len(),
         dir.display()
+    );
+    Ok(())
+}
+
+/// CPU time this thread has run, in nanoseconds (`/proc/thread-self/schedstat`).
+fn thread_cpu_ns() -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .context("reading /proc/thread-self/schedstat")?;
+    stat.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .context("parsing schedstat")
+}
+
+fn send_floor(sockets: usize, rounds: usize, pause_us: u64) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut senders = Vec::new();
+    for _ in 0..sockets.max(1) {
+        let s = std::net::TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        let (mut r, _) = listener.accept()?;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
+        });
+        senders.push(s);
+    }
+    // A small binary WebSocket frame carrying a y-websocket update, as fanout sends.
+    let frame = [0x82u8; 42];
+    let pause = std::time::Duration::from_micros(pause_us);
+    // The pauses cost CPU too: measure them alone and subtract.
+    let start = thread_cpu_ns()?;
+    for _ in 0..rounds {
+        std::thread::sleep(pause);
+    }
+    let sleeping = thread_cpu_ns()? - start;
+    let start = thread_cpu_ns()?;
+    for _ in 0..rounds {
+        for s in &mut senders {
+            s.write_all(&frame)?;
+        }
+        std::thread::sleep(pause);
+    }
+    let total = thread_cpu_ns()? - start;
+    let sends = (rounds * senders.len()).max(1);
+    let per_send_us = total.saturating_sub(sleeping) as f64 / 1000.0 / sends as f64;
+    println!(
+        "send floor {per_send_us:.2} µs CPU per small loopback send ({sends} sends over {} sockets, {pause_us} µs apart)",
+        senders.len()
     );
     Ok(())
 }
