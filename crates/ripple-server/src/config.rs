@@ -80,7 +80,8 @@ pub struct Config {
     pub room_linger_secs: f64,
     /// Seconds between server pings.
     pub ping_interval_secs: f64,
-    /// Seconds without any frame from a client before it is considered dead and closed.
+    /// Seconds without any frame from a client before it is considered dead and closed (checked
+    /// by its room at each ping).
     pub idle_timeout_secs: f64,
     /// Seconds the server waits for connections and rooms to finish on shutdown.
     pub shutdown_grace_secs: f64,

@@ -76,3 +76,64 @@ async fn memory_returns_to_baseline_after_rooms_unload() {
         "{left} bytes still held after unloading {rooms} rooms (peak held {held})"
     );
 }
+
+/// Opens a WebSocket to `path` by hand with blocking std I/O (so the client side allocates
+/// nothing this test would count) and reads the 101 response.
+fn raw_handshake(addr: std::net::SocketAddr, path: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("write request");
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("read status line");
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&head));
+    s
+}
+
+/// An idle connection holds no buffers: its task, its socket registration and its place in
+/// the room, well under 2 KiB of heap (the reference y-websocket server's whole RSS per idle
+/// connection is about 10 KiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_holds_under_2_kib_of_heap() {
+    let config = ripple_server::Config {
+        persist: ripple_server::PersistMode::None,
+        ..test_config()
+    };
+    let server = start(config).await;
+    // The room is loaded and runtime state warmed up by a first connection.
+    let first = server.client("idle-mem").await;
+    insert_text(&first, 0, "hello");
+    let addr = server.addr;
+    let warm = tokio::task::spawn_blocking(move || raw_handshake(addr, "/idle-mem"))
+        .await
+        .expect("handshake");
+    server
+        .wait_stat("warm-up", |s| &s.connections_active, |n| n == 2)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let baseline = live();
+    let n = 400;
+    let sockets = tokio::task::spawn_blocking(move || {
+        (0..n)
+            .map(|_| raw_handshake(addr, "/idle-mem"))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("handshakes");
+    server
+        .wait_stat("all joined", |s| &s.connections_active, |c| c == n as u64 + 2)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let per_conn = (live() - baseline) / n as isize;
+    eprintln!("heap per idle connection: {per_conn} bytes");
+    assert!(
+        per_conn < 2048,
+        "{per_conn} bytes of heap per idle connection"
+    );
+    // And they are real connections: the room still serves everyone.
+    drop((sockets, warm));
+    insert_text(&first, 5, " world");
+}
