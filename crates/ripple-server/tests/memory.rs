@@ -13,11 +13,7 @@ use common::*;
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 /// The counter is process-wide: tests in this file take turns.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Bytes allocated and not yet freed, process-wide.
 fn live() -> isize {
@@ -27,7 +23,7 @@ fn live() -> isize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_returns_to_baseline_after_rooms_unload() {
-    let _turn = serial();
+    let _turn = SERIAL.lock().await;
     let config = ripple_server::Config {
         persist: ripple_server::PersistMode::None,
         ..test_config()
@@ -110,7 +106,7 @@ fn raw_handshake(addr: std::net::SocketAddr, path: &str) -> std::net::TcpStream 
 /// connection is about 10 KiB). A per-connection read or write buffer would break the bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_holds_no_buffers() {
-    let _turn = serial();
+    let _turn = SERIAL.lock().await;
     let config = ripple_server::Config {
         persist: ripple_server::PersistMode::None,
         ..test_config()
