@@ -633,3 +633,188 @@ async fn websockets_beyond_max_connections_are_refused_with_503() {
         .expect("refused");
     assert!(err.to_string().contains("503"), "{err}");
 }
+
+/// A WebSocket client written against the raw socket, to send what well-behaved libraries never
+/// do (unmasked or fragmented frames, bad UTF-8) and read exactly what the server answers.
+struct RawWs {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    async fn connect(server: &TestServer, room: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        let req = format!(
+            "GET /{room} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.expect("request");
+        let mut buf = Vec::new();
+        let end = loop {
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await.expect("response");
+            assert!(n > 0, "closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        // RFC 6455's example key has this accept value.
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        buf.drain(..end);
+        Self { stream, buf }
+    }
+
+    /// Sends one frame; `mask` None sends it unmasked (a protocol violation for a client).
+    async fn frame(&mut self, fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) {
+        use tokio::io::AsyncWriteExt;
+        let mut out = ripple_proto::ws::Head::new(opcode, payload.len())
+            .as_bytes()
+            .to_vec();
+        if !fin {
+            out[0] &= 0x7f;
+        }
+        let mut body = payload.to_vec();
+        if let Some(m) = mask {
+            out[1] |= 0x80;
+            out.extend_from_slice(&m);
+            for (i, b) in body.iter_mut().enumerate() {
+                *b ^= m[i % 4];
+            }
+        }
+        out.extend_from_slice(&body);
+        self.stream.write_all(&out).await.expect("send frame");
+    }
+
+    /// Reads server frames until one with `opcode` arrives; returns its payload.
+    async fn until(&mut self, opcode: u8) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            loop {
+                if self.buf.len() >= 2 {
+                    let (len, at) = match self.buf[1] & 0x7f {
+                        126 if self.buf.len() >= 4 => {
+                            (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                        }
+                        127 if self.buf.len() >= 10 => {
+                            let mut n = [0u8; 8];
+                            n.copy_from_slice(&self.buf[2..10]);
+                            (u64::from_be_bytes(n) as usize, 10)
+                        }
+                        n if n < 126 => (n as usize, 2),
+                        _ => (usize::MAX, 0),
+                    };
+                    assert_eq!(self.buf[1] & 0x80, 0, "server frames are never masked");
+                    if len != usize::MAX && self.buf.len() >= at + len {
+                        let op = self.buf[0] & 0x0f;
+                        let payload = self.buf[at..at + len].to_vec();
+                        self.buf.drain(..at + len);
+                        if op == opcode {
+                            return payload;
+                        }
+                        continue;
+                    }
+                }
+                let mut chunk = [0u8; 4096];
+                let n = self.stream.read(&mut chunk).await.expect("read");
+                assert!(n > 0, "socket ended before opcode {opcode:#x} arrived");
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(WAIT, read)
+            .await
+            .expect("frame in time")
+    }
+
+    /// Reads until the server's close frame; returns its code.
+    async fn close_code(&mut self) -> u16 {
+        let payload = self.until(0x8).await;
+        u16::from_be_bytes([payload[0], payload[1]])
+    }
+}
+
+#[tokio::test]
+async fn the_websocket_layer_answers_pings_reassembles_fragments_and_echoes_closes() {
+    let server = start(test_config()).await;
+    let mut watcher = server.client("raw").await;
+    let mut raw = RawWs::connect(&server, "raw").await;
+    // A ping is answered with a pong carrying the same payload.
+    raw.frame(true, 0x9, b"are you there", Some([1, 2, 3, 4]))
+        .await;
+    assert_eq!(raw.until(0xA).await, b"are you there");
+    // An update split over three fragments, with a ping between them, arrives whole.
+    let doc = yrs::Doc::new();
+    let update = {
+        use yrs::{Text, Transact};
+        // The root the test helpers read.
+        let t = doc.get_or_insert_text("t");
+        let mut txn = doc.transact_mut();
+        t.insert(&mut txn, 0, "fragmented");
+        txn.encode_update_v1()
+    };
+    let msg = Message::Sync(SyncMessage::Update(update.into())).encode();
+    let (a, rest) = msg.split_at(3);
+    let (b, c) = rest.split_at(rest.len() / 2);
+    raw.frame(false, 0x2, a, Some([9, 8, 7, 6])).await;
+    raw.frame(true, 0x9, b"", Some([0; 4])).await;
+    raw.frame(false, 0x0, b, Some([5, 5, 5, 5])).await;
+    raw.frame(true, 0x0, c, Some([1, 0, 1, 0])).await;
+    raw.until(0xA).await;
+    wait_text(&mut watcher, "fragmented").await;
+    // Our close code is echoed, and the connection ends.
+    raw.frame(true, 0x8, &4000u16.to_be_bytes(), Some([3; 4]))
+        .await;
+    assert_eq!(raw.close_code().await, 4000);
+}
+
+#[tokio::test]
+async fn websocket_violations_close_with_their_rfc_codes() {
+    let server = start(test_config()).await;
+    let mut watcher = server.client("rfc").await;
+    let cases: Vec<(&str, bool, u8, Vec<u8>, Option<[u8; 4]>, u16)> = vec![
+        ("unmasked frame", true, 0x2, vec![0, 0], None, 1002),
+        (
+            "text that is not UTF-8",
+            true,
+            0x1,
+            vec![0xff, 0xfe],
+            Some([1; 4]),
+            1007,
+        ),
+        ("unknown opcode", true, 0x3, vec![], Some([1; 4]), 1002),
+        ("fragmented ping", false, 0x9, vec![], Some([1; 4]), 1002),
+        ("stray continuation", true, 0x0, vec![1], Some([1; 4]), 1002),
+    ];
+    for (i, (name, fin, op, payload, mask, want)) in cases.into_iter().enumerate() {
+        let mut raw = RawWs::connect(&server, "rfc").await;
+        raw.frame(fin, op, &payload, mask).await;
+        assert_eq!(raw.close_code().await, want, "{name}");
+        // The room and its other client are unaffected.
+        insert_text(&watcher, 0, &i.to_string());
+        let want_text = text(&watcher);
+        let mut check = server.client("rfc").await;
+        wait_text(&mut check, &want_text).await;
+    }
+    let _ = &mut watcher;
+    // An oversized frame is refused on its header alone, before its payload is sent.
+    let config = Config {
+        max_message_bytes: 1024,
+        ..test_config()
+    };
+    let small = start(config).await;
+    let mut raw = RawWs::connect(&small, "big").await;
+    let mut head = ripple_proto::ws::Head::new(0x2, 10_000_000)
+        .as_bytes()
+        .to_vec();
+    head[1] |= 0x80;
+    head.extend_from_slice(&[0; 4]);
+    tokio::io::AsyncWriteExt::write_all(&mut raw.stream, &head)
+        .await
+        .expect("header");
+    assert_eq!(raw.close_code().await, 1009);
+}
