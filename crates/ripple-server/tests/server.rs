@@ -776,7 +776,9 @@ async fn the_websocket_layer_answers_pings_reassembles_fragments_and_echoes_clos
 async fn websocket_violations_close_with_their_rfc_codes() {
     let server = start(test_config()).await;
     let mut watcher = server.client("rfc").await;
-    let cases: Vec<(&str, bool, u8, Vec<u8>, Option<[u8; 4]>, u16)> = vec![
+    /// (what, fin, opcode, payload, mask, expected close code)
+    type Case = (&'static str, bool, u8, Vec<u8>, Option<[u8; 4]>, u16);
+    let cases: Vec<Case> = vec![
         ("unmasked frame", true, 0x2, vec![0, 0], None, 1002),
         (
             "text that is not UTF-8",
