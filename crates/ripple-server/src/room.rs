@@ -197,6 +197,16 @@ async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Load
     Ok((room, seq, log))
 }
 
+/// Moves what waits in the inbox into `batch`, up to [`MAX_BATCH`].
+fn drain_into(inbox: &mut mpsc::Receiver<RoomMsg>, batch: &mut Vec<RoomMsg>) {
+    while batch.len() < MAX_BATCH {
+        match inbox.try_recv() {
+            Ok(msg) => batch.push(msg),
+            Err(_) => break,
+        }
+    }
+}
+
 /// Answers every join waiting in the inbox with `err`, then closes the inbox.
 async fn refuse_all(inbox: &mut mpsc::Receiver<RoomMsg>, err: JoinError) {
     inbox.close();
@@ -250,12 +260,7 @@ impl Actor {
                 return;
             };
             batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match inbox.try_recv() {
-                    Ok(msg) => batch.push(msg),
-                    Err(_) => break,
-                }
-            }
+            drain_into(inbox, &mut batch);
             if !self.turn(&mut batch).await {
                 // Storage failed: every connection was closed; unload so the next join reloads
                 // what is really on disk.
