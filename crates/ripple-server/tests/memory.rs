@@ -86,11 +86,8 @@ async fn memory_returns_to_baseline_after_rooms_unload() {
 fn raw_handshake(addr: std::net::SocketAddr, path: &str) -> std::net::TcpStream {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).expect("write request");
+    s.write_all(upgrade_request(path).as_bytes())
+        .expect("write request");
     let mut head = [0u8; 12];
     s.read_exact(&mut head).expect("read status line");
     assert!(

@@ -647,10 +647,7 @@ impl RawWs {
         let mut stream = tokio::net::TcpStream::connect(server.addr)
             .await
             .expect("connect");
-        let req = format!(
-            "GET /{room} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
+        let req = upgrade_request(&format!("/{room}"));
         stream.write_all(req.as_bytes()).await.expect("request");
         let mut buf = Vec::new();
         let end = loop {

@@ -166,3 +166,12 @@ pub async fn assert_room_failed_unbroadcast(
         "an update that was not stored is never broadcast"
     );
 }
+
+/// An RFC 6455 upgrade request for `path`, with the RFC's example key (whose accept value is
+/// `s3pPLMBiTxaQ9kYGzzhZRbK+xOo=`), for tests that speak WebSocket on a raw socket.
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
