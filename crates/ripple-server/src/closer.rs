@@ -22,3 +22,6 @@ pub mod code {
     /// subprotocol) yield a fresh token is admitted again, a stale one gets HTTP 401.
     pub const TOKEN_EXPIRED: u16 = 4001;
 }
+
+/// The reason sent with [`code::TRY_AGAIN_LATER`] to a connection whose outbound queue is full.
+pub const QUEUE_FULL: &str = "outbound queue full; reconnect to resync";

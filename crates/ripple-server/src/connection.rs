@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 
 use crate::auth::Admission;
 use crate::closer::code;
-use crate::peer::{OutFrame, Peer, Wake};
+use crate::peer::{OutFrame, Peer, QueueLimits, Wake};
 use crate::registry::RoomHandle;
 use crate::room::{JoinError, RoomMsg};
 use crate::stats::{dec, inc};
@@ -272,8 +272,16 @@ impl Conn {
                     Err(_) => Err(DecodeError::Batch("text frame is not UTF-8".into())),
                 },
                 Event::Ping(payload) => {
-                    self.peer
-                        .send_control(OutFrame::new(ws::opcode::PONG, payload));
+                    // Pongs count against the queue like any frame: a client that pings
+                    // without reading is a slow consumer.
+                    let pong = [OutFrame::new(ws::opcode::PONG, payload)];
+                    if !self.peer.send(&pong, QueueLimits::of(&self.ctx.config)) {
+                        inc(&self.ctx.stats.slow_consumer_closes);
+                        self.peer
+                            .close(code::TRY_AGAIN_LATER, crate::closer::QUEUE_FULL);
+                        end = Some(Ended::ByUs);
+                        break;
+                    }
                     continue;
                 }
                 Event::Pong => continue,

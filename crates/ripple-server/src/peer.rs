@@ -75,6 +75,15 @@ pub(crate) struct QueueLimits {
     pub(crate) bytes: usize,
 }
 
+impl QueueLimits {
+    pub(crate) fn of(config: &crate::Config) -> Self {
+        Self {
+            frames: config.outbound_queue_frames,
+            bytes: config.outbound_queue_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Out {
     queue: VecDeque<OutFrame>,
@@ -320,16 +329,6 @@ impl Peer {
         out.queue.push_back(frame);
         out.close_queued = true;
         code
-    }
-
-    /// Queues a control frame the connection itself answers with (a pong), unbounded by the
-    /// queue limits but at most one per received ping.
-    pub(crate) fn send_control(&self, frame: OutFrame) {
-        let limits = QueueLimits {
-            frames: usize::MAX,
-            bytes: usize::MAX,
-        };
-        self.send(std::slice::from_ref(&frame), limits);
     }
 
     /// Resolves once the queue is written out (or the socket failed).

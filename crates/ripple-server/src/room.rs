@@ -423,10 +423,7 @@ impl Actor {
     /// in one write. A connection whose queue is full is closed (it reconnects and resyncs);
     /// nothing is dropped silently.
     fn flush(&mut self) {
-        let limits = QueueLimits {
-            frames: self.env.config.outbound_queue_frames,
-            bytes: self.env.config.outbound_queue_bytes,
-        };
+        let limits = QueueLimits::of(&self.env.config);
         let mut mine: Vec<OutFrame> = Vec::new();
         while !self.out.is_empty() {
             let out = std::mem::take(&mut self.out);
@@ -464,10 +461,8 @@ impl Actor {
                 if let Some(c) = self.conns.get(&id) {
                     inc(&self.env.stats.slow_consumer_closes);
                     info!(room = %self.key, conn = id, "closing a connection that reads too slowly");
-                    c.peer.close(
-                        code::TRY_AGAIN_LATER,
-                        "outbound queue full; reconnect to resync",
-                    );
+                    c.peer
+                        .close(code::TRY_AGAIN_LATER, crate::closer::QUEUE_FULL);
                 }
                 // May queue an awareness removal: the loop delivers it.
                 self.leave(id);
@@ -489,10 +484,7 @@ impl Actor {
         if now >= self.next_ping {
             let idle_ms = self.env.config.idle_timeout().as_millis() as u64;
             let ping = [OutFrame::new(ws::opcode::PING, Bytes::new())];
-            let limits = QueueLimits {
-                frames: self.env.config.outbound_queue_frames,
-                bytes: self.env.config.outbound_queue_bytes,
-            };
+            let limits = QueueLimits::of(&self.env.config);
             let heard_by = now_ms().saturating_sub(idle_ms);
             for c in self.conns.values() {
                 if c.peer.last_heard() < heard_by {
@@ -501,10 +493,8 @@ impl Actor {
                         "no message or pong within the idle timeout",
                     );
                 } else if !c.peer.send(&ping, limits) {
-                    c.peer.close(
-                        code::TRY_AGAIN_LATER,
-                        "outbound queue full; reconnect to resync",
-                    );
+                    c.peer
+                        .close(code::TRY_AGAIN_LATER, crate::closer::QUEUE_FULL);
                 }
             }
             self.next_ping = now + self.env.config.ping_interval();

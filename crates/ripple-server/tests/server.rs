@@ -817,3 +817,46 @@ async fn websocket_violations_close_with_their_rfc_codes() {
         .expect("header");
     assert_eq!(raw.close_code().await, 1009);
 }
+
+#[tokio::test]
+async fn a_client_that_pings_without_reading_is_closed_not_buffered_for() {
+    let config = Config {
+        outbound_queue_frames: 8,
+        ..test_config()
+    };
+    let server = start(config).await;
+    let mut raw = RawWs::connect(&server, "pinger").await;
+    // Far more pongs than the socket buffers and the 8-frame queue hold, never read.
+    let flood = async {
+        for _ in 0..200_000 {
+            let ping = [7u8; 125];
+            let frame = {
+                let mut out = ripple_proto::ws::Head::new(0x9, ping.len())
+                    .as_bytes()
+                    .to_vec();
+                out[1] |= 0x80;
+                out.extend_from_slice(&[0; 4]);
+                out.extend_from_slice(&ping);
+                out
+            };
+            if tokio::io::AsyncWriteExt::write_all(&mut raw.stream, &frame)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    // The server stops reading once it closed us, so the flood may block: bound it.
+    let _ = tokio::time::timeout(Duration::from_secs(5), flood).await;
+    server
+        .wait_stat(
+            "closed as a slow consumer",
+            |s| &s.slow_consumer_closes,
+            |n| n == 1,
+        )
+        .await;
+    server
+        .wait_stat("connection gone", |s| &s.connections_active, |n| n == 0)
+        .await;
+}
