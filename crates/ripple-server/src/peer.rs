@@ -157,7 +157,7 @@ fn write_frames<'a>(
 impl Out {
     /// Takes `n` written bytes off the front of the queue.
     fn advance(&mut self, mut n: usize) {
-        self.queued_bytes -= n;
+        self.queued_bytes = self.queued_bytes.saturating_sub(n);
         while n > 0 {
             let Some(front) = self.queue.front() else {
                 break;
