@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use ripple_proto::awareness::decode_update;
+use ripple_proto::bounds::{check_state_vector, check_update};
 use ripple_proto::{DecodeError, Message, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -164,6 +165,8 @@ impl Room {
 
     /// What the peer with state vector `sv` lacks, as one update.
     fn diff(&mut self, sv: &[u8]) -> Result<Bytes, RoomError> {
+        // Declared counts are checked against the bytes before yrs reserves memory for them.
+        check_state_vector(sv).map_err(|e| malformed("state vector", e))?;
         let sv = StateVector::decode_v1(sv).map_err(|e| malformed("state vector", e))?;
         if sv.is_empty() {
             return Ok(self.encode_state());
@@ -173,7 +176,7 @@ impl Room {
 
     /// Applies an update; returns the part that changed the document, if any.
     fn apply(&mut self, update: &[u8]) -> Result<Option<Bytes>, RoomError> {
-        let update = Update::decode_v1(update).map_err(|e| malformed("update", e))?;
+        let update = decode_untrusted(update).map_err(|e| malformed("update", e))?;
         let mut txn = self.doc.transact_mut();
         txn.apply_update(update)
             .map_err(|e| RoomError::BadUpdate(e.to_string()))?;
@@ -212,6 +215,14 @@ impl Room {
     }
 }
 
+/// Decodes a Yjs v1 update from bytes nobody vouches for (a client, a file, the disk). The
+/// declared counts are checked against the bytes first ([`check_update`]), so decoding costs
+/// memory and time in proportion to the input, whatever it claims.
+pub fn decode_untrusted(bytes: &[u8]) -> Result<Update, String> {
+    check_update(bytes).map_err(|e| e.to_string())?;
+    Update::decode_v1(bytes).map_err(|e| e.to_string())
+}
+
 /// Applies the snapshot and the log entries with `seq <= through_seq` to `doc`.
 fn apply_stored(doc: &Doc, stored: &StoredRoom, through_seq: u64) -> Result<(), LoadError> {
     let mut txn = doc.transact_mut();
@@ -228,7 +239,9 @@ fn apply_stored(doc: &Doc, stored: &StoredRoom, through_seq: u64) -> Result<(), 
         );
     for (what, seq, bytes) in parts {
         let fail = |detail: String| LoadError { what, seq, detail };
-        let update = Update::decode_v1(bytes).map_err(|e| fail(e.to_string()))?;
+        // Stored bytes get the same bounds as a client's: a corrupt count on disk must not cost
+        // gigabytes (or the stack) either.
+        let update = decode_untrusted(bytes).map_err(fail)?;
         txn.apply_update(update).map_err(|e| fail(e.to_string()))?;
     }
     Ok(())
@@ -409,6 +422,27 @@ mod tests {
         bad.updates.push((5, Bytes::from_static(&[0xde, 0xad])));
         let err = Room::load(&bad, 8).err().expect("corrupt");
         assert_eq!((err.what, err.seq), ("update", 5));
+    }
+
+    #[test]
+    fn stored_bytes_with_impossible_counts_refuse_the_load_cheaply() {
+        // A snapshot whose client count (400 million) cannot fit in its bytes: refused before
+        // yrs reserves anything, like a client's update would be.
+        let stored = StoredRoom {
+            snapshot: Some(Bytes::from_static(&[
+                0x80, 0x90, 0xdf, 0xbe, 0x01, 0, 1, 0, 0,
+            ])),
+            snapshot_seq: 1,
+            updates: vec![],
+        };
+        let err = Room::load(&stored, 8).err().expect("refused");
+        assert_eq!((err.what, err.seq), ("snapshot", 1));
+        assert!(
+            err.detail.contains("clients but only 4 bytes follow"),
+            "{}",
+            err.detail
+        );
+        assert!(fold(&stored, 1).is_err());
     }
 
     #[test]

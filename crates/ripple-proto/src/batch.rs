@@ -113,7 +113,9 @@ impl Reassembler {
                     size,
                     count,
                     received: 0,
-                    buf: BytesMut::with_capacity(size),
+                    // Grows with what arrives, not with what the marker announces: a start
+                    // marker of a few dozen bytes must not reserve the size limit.
+                    buf: BytesMut::new(),
                 }));
                 Ok(None)
             }
@@ -183,6 +185,17 @@ mod tests {
             r.binary(Bytes::from(vec![0; 11])),
             Err(DecodeError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_start_marker_reserves_nothing_before_chunks_arrive() {
+        let mut r = Reassembler::new(32 << 20);
+        r.text(&marker("start", 32 << 20, 32)).expect("start");
+        let pending = r.pending.as_ref().expect("open");
+        assert_eq!(pending.buf.capacity(), 0);
+        r.binary(Bytes::from(vec![7; 1000])).expect("chunk");
+        let pending = r.pending.as_ref().expect("open");
+        assert!(pending.buf.capacity() < 4096, "{}", pending.buf.capacity());
     }
 
     #[test]

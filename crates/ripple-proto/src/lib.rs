@@ -7,11 +7,14 @@
 //! each connection introduced.
 //!
 //! Also here: [`batch`], the reassembly of y-partykit's chunked messages (`y-pk-batch#...`).
+//! [`bounds`] checks the declared counts inside Yjs state vectors and updates against their size
+//! before yrs decodes them, so decode work stays proportional to a message's size.
 //! And [`ws`], the server side of WebSocket framing, so the whole path from socket bytes to
 //! messages is pure.
 
 pub mod awareness;
 pub mod batch;
+pub mod bounds;
 mod lib0;
 mod message;
 pub mod ws;

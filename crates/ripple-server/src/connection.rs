@@ -407,8 +407,10 @@ impl Reader {
         Ok(())
     }
 
-    /// Keeps the start of an incomplete frame, reserving room for all of it once its header is
-    /// in (its size was checked against the limit when the header was decoded).
+    /// Keeps the start of an incomplete frame. Room for the whole frame is reserved only up to
+    /// [`KEEP_BUFFER`] ahead of what arrived: a header alone may announce the size limit, and
+    /// memory should follow the bytes a client sent, not the ones it promised (beyond that the
+    /// buffer grows by doubling, so a big frame is still copied only a few times).
     fn keep(&mut self, rest: &[u8]) {
         if rest.is_empty() {
             return;
@@ -416,7 +418,8 @@ impl Reader {
         let want = Decoder::frame_len(rest)
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(rest.len());
-        self.partial.reserve_exact(want.max(rest.len()));
+        self.partial
+            .reserve_exact(want.min(KEEP_BUFFER).max(rest.len()));
         self.partial.extend_from_slice(rest);
     }
 
@@ -440,5 +443,28 @@ impl Reader {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_header_reserves_at_most_keep_buffer_ahead_of_its_bytes() {
+        let limit = 32 << 20;
+        let mut reader = Reader::new(limit, Bytes::new());
+        // A masked binary frame announcing nearly the limit, with 100 bytes of payload so far.
+        let mut frame = vec![0x82, 0x80 | 127];
+        frame.extend(((limit - 1) as u64).to_be_bytes());
+        frame.extend([0u8; 4 + 100]);
+        reader.keep(&frame);
+        assert_eq!(reader.partial.len(), frame.len());
+        assert!(
+            reader.partial.capacity() <= KEEP_BUFFER,
+            "reserved {} bytes for {} received",
+            reader.partial.capacity(),
+            frame.len()
+        );
     }
 }

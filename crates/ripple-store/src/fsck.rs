@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use ripple_core::{RoomKey, Store, StoreError};
-use yrs::updates::decoder::Decode;
 
 use crate::record::{self, RecordKind};
 
@@ -176,9 +175,10 @@ pub(crate) fn inspect(raw: &RawRecord) -> Option<Problem> {
 pub(crate) fn decode_problem(data: &[u8]) -> Option<String> {
     // The decoder meets arbitrary damaged bytes here; a panic inside it must mark the record
     // bad, not take the process down.
-    match std::panic::catch_unwind(|| yrs::Update::decode_v1(data)) {
+    // The same bounded decode a room load uses: a corrupt count is reported, not allocated.
+    match std::panic::catch_unwind(|| ripple_core::room::decode_untrusted(data)) {
         Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(e.to_string()),
+        Ok(Err(e)) => Some(e),
         Err(_) => Some("the decoder panicked".to_owned()),
     }
 }

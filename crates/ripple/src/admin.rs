@@ -12,8 +12,7 @@ use ripple_core::room::{fold, Room};
 use ripple_core::RoomKey;
 use ripple_store::Backend;
 use yrs::types::ToJson;
-use yrs::updates::decoder::Decode;
-use yrs::{GetString, ReadTxn, Transact, Update};
+use yrs::{GetString, ReadTxn, Transact};
 
 use crate::settings::{self, ServeArgs};
 
@@ -211,7 +210,9 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let key = key(&args.room.party, &args.room.room, max_len)?;
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    Update::decode_v1(&bytes).context("the file is not a Yjs v1 update")?;
+    if let Err(e) = ripple_core::room::decode_untrusted(&bytes) {
+        bail!("the file is not a Yjs v1 update: {e}");
+    }
     let seq = backend
         .store()
         .append(&key, vec![Bytes::from(bytes)])
