@@ -40,6 +40,20 @@ pub enum RoomError {
     /// Awareness limits.
     #[error(transparent)]
     Awareness(#[from] AwarenessError),
+    /// The update would take the document past its size limit; nothing of it was applied.
+    #[error("document would exceed its size limit of {limit} bytes ({size} bytes + a {update}-byte update)")]
+    DocTooLarge {
+        /// The document's encoded size.
+        size: u64,
+        /// The incoming update's size.
+        update: u64,
+        /// `max_doc_bytes`.
+        limit: u64,
+    },
+    /// yrs panicked while handling the message. The document may be half-changed: the server
+    /// must rebuild it ([`Room::rebuild`]) before the room handles anything else.
+    #[error("the update could not be applied (the CRDT library panicked: {0})")]
+    Panicked(String),
 }
 
 /// Why stored data could not be loaded into a room.
@@ -85,23 +99,69 @@ pub struct Room {
     /// The whole document encoded as one update; fresh joiners (empty state vector) get this.
     /// Cleared whenever the document changes.
     full_state: Option<Bytes>,
+    /// An upper bound of the document's encoded size: exact after an encode, then grown by the
+    /// size of each change (deletions are not subtracted until the next exact measure).
+    size_bound: u64,
+    /// Updates that would take the document past this encoded size are refused.
+    max_doc_bytes: u64,
 }
+
+/// A test seam for the panic guard: an update with exactly these bytes panics inside the
+/// guarded apply, as a yrs bug would. Compiled in only with the `fault-injection` feature,
+/// which only test builds enable.
+#[cfg(any(test, feature = "fault-injection"))]
+pub const PANIC_PILL: &[u8] = b"ripple-fault-injection: panic while applying";
 
 impl Room {
     /// An empty room; one connection may introduce at most `max_awareness_per_conn` client ids.
+    /// The document has no size limit until [`Room::with_max_doc_bytes`].
     pub fn new(max_awareness_per_conn: usize) -> Self {
         Self {
             doc: Doc::new(),
             awareness: AwarenessTable::new(max_awareness_per_conn),
             full_state: None,
+            size_bound: 0,
+            max_doc_bytes: u64::MAX,
         }
+    }
+
+    /// Sets the document's size limit (encoded bytes).
+    pub fn with_max_doc_bytes(mut self, limit: u64) -> Self {
+        self.max_doc_bytes = limit;
+        self
     }
 
     /// A room holding what `stored` holds (snapshot, then the log in order).
     pub fn load(stored: &StoredRoom, max_awareness_per_conn: usize) -> Result<Self, LoadError> {
-        let room = Self::new(max_awareness_per_conn);
+        let mut room = Self::new(max_awareness_per_conn);
         apply_stored(&room.doc, stored, u64::MAX)?;
+        room.size_bound = stored_bytes(stored);
         Ok(room)
+    }
+
+    /// Replaces the document with what `stored` holds plus `pending` (updates this room
+    /// accepted but has not stored yet), keeping the awareness table: the way back after yrs
+    /// panicked mid-apply ([`RoomError::Panicked`]).
+    pub fn rebuild(&mut self, stored: &StoredRoom, pending: &[Bytes]) -> Result<(), LoadError> {
+        let doc = Doc::new();
+        apply_stored(&doc, stored, u64::MAX)?;
+        {
+            let mut txn = doc.transact_mut();
+            for (i, bytes) in pending.iter().enumerate() {
+                let fail = |detail: String| LoadError {
+                    what: "pending update",
+                    seq: i as u64,
+                    detail,
+                };
+                let update = decode_untrusted(bytes).map_err(fail)?;
+                txn.apply_update(update).map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        self.doc = doc;
+        self.full_state = None;
+        self.size_bound =
+            stored_bytes(stored) + pending.iter().map(|p| p.len() as u64).sum::<u64>();
+        Ok(())
     }
 
     /// The frames a new connection gets first: our sync step 1, then all awareness states.
@@ -117,6 +177,24 @@ impl Room {
     /// Handles one decoded message from connection `conn`, authenticated as `user` (`None`
     /// without auth). The user decides whose awareness states the connection may change.
     pub fn handle(
+        &mut self,
+        conn: ConnId,
+        access: Access,
+        user: Option<&str>,
+        msg: Message,
+    ) -> Result<Effects, RoomError> {
+        // yrs meets a client's bytes here. If it panics, only this message fails: the caller
+        // closes its sender and rebuilds the document (which may be half-changed).
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.handle_unguarded(conn, access, user, msg)
+        }))
+        .unwrap_or_else(|panic| {
+            self.full_state = None;
+            Err(RoomError::Panicked(panic_message(panic.as_ref())))
+        })
+    }
+
+    fn handle_unguarded(
         &mut self,
         conn: ConnId,
         access: Access,
@@ -175,8 +253,13 @@ impl Room {
     }
 
     /// Applies an update; returns the part that changed the document, if any.
-    fn apply(&mut self, update: &[u8]) -> Result<Option<Bytes>, RoomError> {
-        let update = decode_untrusted(update).map_err(|e| malformed("update", e))?;
+    fn apply(&mut self, bytes: &[u8]) -> Result<Option<Bytes>, RoomError> {
+        self.check_size(bytes.len() as u64)?;
+        #[cfg(any(test, feature = "fault-injection"))]
+        if bytes == PANIC_PILL {
+            panic!("fault injection");
+        }
+        let update = decode_untrusted(bytes).map_err(|e| malformed("update", e))?;
         let mut txn = self.doc.transact_mut();
         txn.apply_update(update)
             .map_err(|e| RoomError::BadUpdate(e.to_string()))?;
@@ -187,7 +270,26 @@ impl Room {
         let changes = Bytes::from(txn.encode_update_v1());
         drop(txn);
         self.full_state = None;
+        self.size_bound += changes.len() as u64;
         Ok(Some(changes))
+    }
+
+    /// Refuses an update of `len` bytes that could take the document past `max_doc_bytes`.
+    /// An update adds at most about its own size; the bound is cheap until it nears the limit,
+    /// then the document is measured exactly (and the measure cached for joiners).
+    fn check_size(&mut self, len: u64) -> Result<(), RoomError> {
+        if self.size_bound.saturating_add(len) <= self.max_doc_bytes {
+            return Ok(());
+        }
+        let size = self.encode_state().len() as u64;
+        if size.saturating_add(len) <= self.max_doc_bytes {
+            return Ok(());
+        }
+        Err(RoomError::DocTooLarge {
+            size,
+            update: len,
+            limit: self.max_doc_bytes,
+        })
     }
 
     /// The whole document as one Yjs v1 update (what a snapshot stores).
@@ -200,6 +302,7 @@ impl Room {
             .transact()
             .encode_state_as_update_v1(&StateVector::default())
             .into();
+        self.size_bound = full.len() as u64;
         self.full_state = Some(full.clone());
         full
     }
@@ -212,6 +315,28 @@ impl Room {
     /// Number of present awareness states.
     pub fn awareness_len(&self) -> usize {
         self.awareness.len()
+    }
+}
+
+/// What a stored room's records add up to: an upper bound of its document's encoded size.
+fn stored_bytes(stored: &StoredRoom) -> u64 {
+    let snapshot = stored.snapshot.as_ref().map_or(0, |s| s.len() as u64);
+    snapshot
+        + stored
+            .updates
+            .iter()
+            .map(|(_, u)| u.len() as u64)
+            .sum::<u64>()
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
     }
 }
 
@@ -422,6 +547,31 @@ mod tests {
         bad.updates.push((5, Bytes::from_static(&[0xde, 0xad])));
         let err = Room::load(&bad, 8).err().expect("corrupt");
         assert_eq!((err.what, err.seq), ("update", 5));
+    }
+
+    #[test]
+    fn the_size_cap_refuses_before_applying_and_a_panic_is_reported_not_raised() {
+        let mut room = Room::new(8).with_max_doc_bytes(1_000);
+        let insert = |s: &str| {
+            client_update(|d| {
+                let t = d.get_or_insert_text("t");
+                t.insert(&mut d.transact_mut(), 0, s);
+            })
+            .1
+        };
+        let small = Message::Sync(SyncMessage::Update(insert(&"a".repeat(500))));
+        assert!(room.handle(1, Access::ReadWrite, None, small).is_ok());
+        let big = Message::Sync(SyncMessage::Update(insert(&"b".repeat(600))));
+        let err = room.handle(1, Access::ReadWrite, None, big).err();
+        assert!(
+            matches!(err, Some(RoomError::DocTooLarge { limit: 1_000, .. })),
+            "{err:?}"
+        );
+        assert_eq!(text_of(&room.encode_state()), "a".repeat(500));
+
+        let pill = Message::Sync(SyncMessage::Update(Bytes::from_static(PANIC_PILL)));
+        let err = room.handle(2, Access::ReadWrite, None, pill).err();
+        assert!(matches!(err, Some(RoomError::Panicked(_))), "{err:?}");
     }
 
     #[test]

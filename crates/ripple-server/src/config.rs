@@ -55,6 +55,12 @@ pub struct Config {
     /// Largest WebSocket message accepted, in bytes (also the limit for reassembled
     /// y-pk-batch messages). Larger ones close the connection with 1009.
     pub max_message_bytes: usize,
+    /// Largest document a room may hold, in encoded bytes. An update that could take a room's
+    /// document past it is neither stored nor relayed; its sender is closed with 1008 and the
+    /// room's other connections carry on. A decoded document takes about eight times its
+    /// encoded size in memory, so the default (64 MiB, twice the largest message) keeps one
+    /// room to about half a gigabyte.
+    pub max_doc_bytes: u64,
     /// Most connections at once: WebSockets beyond it are refused with 503 at the upgrade, and
     /// the server stops accepting while that many HTTP connections wait to upgrade.
     pub max_connections: usize,
@@ -118,6 +124,7 @@ impl Default for Config {
             history_max_updates: 100_000,
             parties: Default::default(),
             max_message_bytes: 32 * 1024 * 1024,
+            max_doc_bytes: 64 * 1024 * 1024,
             max_connections: 20_000,
             handshake_timeout_secs: 10.0,
             max_connections_per_room: 1024,

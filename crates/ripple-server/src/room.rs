@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ripple_core::awareness::ConnId;
-use ripple_core::room::{fold, Access, Room};
+use ripple_core::room::{fold, Access, Room, RoomError};
 use ripple_core::{RoomKey, Store, StoredRoom};
 use ripple_proto::{ws, Message};
 use tokio::sync::{mpsc, oneshot};
@@ -89,6 +89,16 @@ struct ConnState {
     user: Option<Arc<str>>,
     told_read_only: bool,
     expires: Option<Instant>,
+}
+
+/// What handling one message left to do.
+enum Handled {
+    /// Nothing more.
+    Done,
+    /// This document update must be persisted.
+    Update(Bytes),
+    /// The CRDT library panicked: the document must be rebuilt before the next message.
+    Poisoned,
 }
 
 /// Where a frame goes when the turn's output is flushed.
@@ -179,8 +189,13 @@ type Loaded = (Room, u64, VecDeque<(u64, u64)>);
 
 async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Loaded, String> {
     let max_aw = env.config.max_awareness_per_conn;
+    let max_doc = env.config.max_doc_bytes;
     if persist == PersistMode::None {
-        return Ok((Room::new(max_aw), 0, VecDeque::new()));
+        return Ok((
+            Room::new(max_aw).with_max_doc_bytes(max_doc),
+            0,
+            VecDeque::new(),
+        ));
     }
     let stored: StoredRoom = env.store.load(key).await.map_err(|e| e.to_string())?;
     let seq = stored.last_seq();
@@ -194,7 +209,7 @@ async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Load
         .await
         .map_err(|e| format!("load task failed: {e}"))?
         .map_err(|e| e.to_string())?;
-    Ok((room, seq, log))
+    Ok((room.with_max_doc_bytes(max_doc), seq, log))
 }
 
 /// Moves what waits in the inbox into `batch`, up to [`MAX_BATCH`].
@@ -283,11 +298,15 @@ impl Actor {
                     expires,
                     reply,
                 } => self.join(peer, access, user, expires, reply),
-                RoomMsg::Frame { conn, msg } => {
-                    if let Some(update) = self.frame(conn, msg) {
-                        updates.push(update);
+                RoomMsg::Frame { conn, msg } => match self.frame(conn, msg) {
+                    Handled::Update(update) => updates.push(update),
+                    Handled::Done => {}
+                    Handled::Poisoned => {
+                        if !self.rebuild(&updates).await {
+                            return false;
+                        }
                     }
-                }
+                },
                 RoomMsg::Leave { conn } => self.leave(conn),
             }
         }
@@ -372,9 +391,12 @@ impl Actor {
         );
     }
 
-    /// Handles one message; returns the document update to persist, if any.
-    fn frame(&mut self, conn: ConnId, msg: Message) -> Option<Bytes> {
-        let c = self.conns.get(&conn)?;
+    /// Handles one message: its document update to persist, if any, or whether the document
+    /// must be rebuilt.
+    fn frame(&mut self, conn: ConnId, msg: Message) -> Handled {
+        let Some(c) = self.conns.get(&conn) else {
+            return Handled::Done;
+        };
         match self.room.handle(conn, c.access, c.user.as_deref(), msg) {
             Ok(fx) => {
                 if fx.denied {
@@ -397,16 +419,80 @@ impl Actor {
                 if let Some(frame) = fx.to_all {
                     self.out.push((Target::All, frame));
                 }
-                fx.update
+                fx.update.map_or(Handled::Done, Handled::Update)
             }
             Err(e) => {
-                inc(&self.env.stats.protocol_errors);
-                warn!(room = %self.key, conn, error = %e, "closing connection: bad message");
+                let (close, outcome) = match &e {
+                    RoomError::DocTooLarge { .. } => {
+                        inc(&self.env.stats.doc_limit_refusals);
+                        (code::POLICY_VIOLATION, Handled::Done)
+                    }
+                    RoomError::Panicked(_) => {
+                        error!(room = %self.key, conn, error = %e, "a client's update made the CRDT library panic; closing that client and rebuilding the document");
+                        (code::PROTOCOL_ERROR, Handled::Poisoned)
+                    }
+                    _ => {
+                        inc(&self.env.stats.protocol_errors);
+                        (code::PROTOCOL_ERROR, Handled::Done)
+                    }
+                };
+                warn!(room = %self.key, conn, error = %e, "closing connection: message refused");
                 if let Some(c) = self.conns.get(&conn) {
-                    c.peer.close(code::PROTOCOL_ERROR, &e.to_string());
+                    c.peer.close(close, &e.to_string());
                 }
                 self.leave(conn);
-                None
+                outcome
+            }
+        }
+    }
+
+    /// After a panic mid-apply the document may be half-changed: it is rebuilt from storage
+    /// plus this turn's accepted updates (not stored yet; nothing of the failed update was).
+    /// Without storage (`persist = "none"`) there is nothing to rebuild from: the room closes
+    /// every connection (1011) and unloads, and clients bring their state back on reconnect.
+    /// Returns false when the room must unload.
+    async fn rebuild(&mut self, pending: &[Bytes]) -> bool {
+        inc(&self.env.stats.room_rebuilds);
+        let stored = if self.persist == PersistMode::None {
+            Err("no storage to rebuild from".to_owned())
+        } else {
+            self.env
+                .store
+                .load(&self.key)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let rebuilt = match stored {
+            Ok(stored) => {
+                // Off the async workers, like a load; the room comes back with the result.
+                let mut room = std::mem::replace(&mut self.room, Room::new(0));
+                let pending = pending.to_vec();
+                tokio::task::spawn_blocking(move || {
+                    let res = room.rebuild(&stored, &pending);
+                    (room, res)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|(room, res)| {
+                    self.room = room;
+                    res.map_err(|e| e.to_string())
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match rebuilt {
+            Ok(()) => {
+                info!(room = %self.key, "document rebuilt from storage");
+                true
+            }
+            Err(e) => {
+                error!(room = %self.key, error = %e, "could not rebuild the document; closing the room");
+                self.out.clear();
+                for (_, c) in self.conns.drain() {
+                    c.peer
+                        .close(code::INTERNAL_ERROR, "room reset; reconnect to resync");
+                }
+                false
             }
         }
     }

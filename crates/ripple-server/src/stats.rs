@@ -29,6 +29,10 @@ pub struct Stats {
     pub store_failures: AtomicU64,
     /// Compactions completed.
     pub compactions: AtomicU64,
+    /// Updates refused because the document would pass `max_doc_bytes`.
+    pub doc_limit_refusals: AtomicU64,
+    /// Documents rebuilt from storage after the CRDT library panicked on a client's update.
+    pub room_rebuilds: AtomicU64,
     /// 1 while the last append failed (storage down or full), 0 once one succeeds again.
     pub storage_failing: AtomicU64,
 }
@@ -46,7 +50,7 @@ pub(crate) fn dec(c: &AtomicU64) {
 impl Stats {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64); 12] = [
+        let rows: [(&str, &str, &AtomicU64); 14] = [
             ("ripple_rooms_loaded_total", "counter", &self.rooms_loaded),
             ("ripple_rooms_active", "gauge", &self.rooms_active),
             (
@@ -86,6 +90,12 @@ impl Stats {
                 &self.store_failures,
             ),
             ("ripple_compactions_total", "counter", &self.compactions),
+            (
+                "ripple_doc_limit_refusals_total",
+                "counter",
+                &self.doc_limit_refusals,
+            ),
+            ("ripple_room_rebuilds_total", "counter", &self.room_rebuilds),
             ("ripple_storage_failing", "gauge", &self.storage_failing),
         ];
         let mut out = String::new();
