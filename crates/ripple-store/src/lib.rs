@@ -24,6 +24,7 @@
 //! [`Store`]: ripple_core::Store
 //! [`StoreError::Corrupt`]: ripple_core::StoreError::Corrupt
 
+pub mod dirlock;
 pub mod fsck;
 pub mod postgres;
 pub mod record;
@@ -37,6 +38,7 @@ use std::sync::Arc;
 
 use ripple_core::{MemoryStore, RoomKey, Store, StoreError};
 
+pub use dirlock::DataDirLock;
 pub use fsck::{BadRecord, Problem, Report, SalvageReport};
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use record::RecordKind;
@@ -176,6 +178,12 @@ impl Backend {
             Backend::Memory(_) => None,
         }
     }
+}
+
+/// Whether `spec` names the embedded SQLite store (whose data directory one process owns at a
+/// time, see [`DataDirLock`]).
+pub fn is_embedded(spec: &str) -> bool {
+    matches!(spec.trim(), "" | "sqlite")
 }
 
 /// Opens the store named by `spec` (see [`Backend::open`]) as the seam the server uses.

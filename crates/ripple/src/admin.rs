@@ -94,6 +94,22 @@ async fn open(settings: &ServeArgs) -> anyhow::Result<(Backend, usize)> {
     Ok((backend, config.max_room_id_len))
 }
 
+/// Opens storage for a command that writes (`import`, `compact`, `fsck --salvage`). An embedded
+/// data directory must not be in use by a running server, which owns it: the command refuses,
+/// naming that process, rather than race its sequence numbers and compactions.
+async fn open_for_writing(
+    settings: &ServeArgs,
+) -> anyhow::Result<(Backend, usize, Option<ripple_store::DataDirLock>)> {
+    let config = settings::load(settings, false)?;
+    let lock = if ripple_store::is_embedded(&config.storage) {
+        Some(ripple_store::DataDirLock::acquire(&config.data_dir, false)?)
+    } else {
+        None
+    };
+    let (backend, max_len) = open(settings).await?;
+    Ok((backend, max_len, lock))
+}
+
 fn key(party: &str, room: &str, max_len: usize) -> anyhow::Result<RoomKey> {
     RoomKey::new(party, room, max_len).context("invalid room id")
 }
@@ -206,7 +222,7 @@ fn any_to_json(any: &yrs::Any) -> anyhow::Result<serde_json::Value> {
 
 /// Appends a Yjs update to a room.
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let (backend, max_len) = open(&args.settings).await?;
+    let (backend, max_len, _lock) = open_for_writing(&args.settings).await?;
     let key = key(&args.room.party, &args.room.room, max_len)?;
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
@@ -240,7 +256,7 @@ async fn room_keys(
 
 /// Folds each room's log into its snapshot.
 pub async fn compact(args: MaintainArgs) -> anyhow::Result<()> {
-    let (backend, max_len) = open(&args.settings).await?;
+    let (backend, max_len, _lock) = open_for_writing(&args.settings).await?;
     let store = backend.store();
     for key in room_keys(&backend, &args.room, max_len).await? {
         let stored = store.load(&key).await?;
@@ -263,7 +279,12 @@ pub async fn compact(args: MaintainArgs) -> anyhow::Result<()> {
 /// Reports (and optionally salvages) records that fail their checksum or do not decode.
 /// Exits non-zero when problems remain.
 pub async fn fsck(args: MaintainArgs) -> anyhow::Result<bool> {
-    let (backend, max_len) = open(&args.settings).await?;
+    let (backend, max_len, _lock) = if args.salvage {
+        open_for_writing(&args.settings).await?
+    } else {
+        let (backend, max_len) = open(&args.settings).await?;
+        (backend, max_len, None)
+    };
     let one = match &args.room.room {
         Some(room) => Some(key(&args.room.party, room, max_len)?),
         None => None,

@@ -117,6 +117,12 @@ fn storage_label(spec: &str) -> &str {
 async fn serve(mut config: Config, dev: bool) -> anyhow::Result<()> {
     auth::apply_env(&mut config)?;
     let authorizer = auth::authorizer(&config, dev)?;
+    // One process owns an embedded data directory; held until this function returns.
+    let _dir_lock = if ripple_store::is_embedded(&config.storage) {
+        Some(ripple_store::DataDirLock::acquire(&config.data_dir, true)?)
+    } else {
+        None
+    };
     let store = open_store(&config).await?;
     let addr = format!("{}:{}", config.host, config.port);
     let listener = TcpListener::bind(&addr)
