@@ -1,9 +1,11 @@
 //! Room logic without I/O: the document and awareness a room holds, what each incoming message
-//! does to them, room identity, and the storage seam.
+//! does to them, room identity, room ownership (leases with fencing epochs), and the storage
+//! seam.
 //!
 //! Nothing here knows about tokio, sockets or databases; the server drives it.
 
 pub mod awareness;
+pub mod lease;
 pub mod room;
 pub mod room_id;
 pub mod store;

@@ -13,8 +13,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
+use crate::lease::{Epoch, Grant, LeaseError, LeaseTable};
 use crate::room_id::RoomKey;
 
 /// How hard a durable backend works before it acknowledges an append. Either way an append is
@@ -91,6 +94,10 @@ pub enum StoreError {
     /// A compaction raced with appends it did not see (the caller retries later).
     #[error("compaction conflict: {0}")]
     Conflict(String),
+    /// The room is owned by another node ([`LeaseError::Held`]), or the caller's epoch is no
+    /// longer current ([`LeaseError::Fenced`]): nothing was written.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
 }
 
 /// Durable storage for rooms. All methods are cancel-safe in the sense that a dropped future
@@ -102,29 +109,86 @@ pub trait Store: Send + Sync + 'static {
     /// Appends updates to the room's log and returns once they are durable (committed and synced
     /// according to the backend's durability setting). Returns the sequence number of the last
     /// appended update. Implementations group commits across rooms.
+    ///
+    /// `epoch` is the writer's lease ([`Store::acquire`]); the store refuses the append with
+    /// [`LeaseError::Fenced`], in the same transaction, unless it is the room's current epoch.
+    /// Epoch 0 writes a room that was never leased (tools, single-owner stores).
     fn append<'a>(
         &'a self,
         room: &'a RoomKey,
+        epoch: Epoch,
         updates: Vec<Bytes>,
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
 
     /// Atomically stores `snapshot` as the state through `through_seq` and removes the log
-    /// entries with `seq <= through_seq`. Entries after `through_seq` are kept.
+    /// entries with `seq <= through_seq`. Entries after `through_seq` are kept. Fenced by
+    /// `epoch` like [`Store::append`].
     fn compact<'a>(
         &'a self,
         room: &'a RoomKey,
+        epoch: Epoch,
         snapshot: Bytes,
         through_seq: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Makes `owner` the room's only writer for `ttl` (see [`crate::lease`]): granted when the
+    /// room is free, its lease lapsed, or `owner` holds it already; each grant is a new epoch.
+    /// [`LeaseError::Held`] names the node that owns it. Stores that only one process can open
+    /// (SQLite, which locks its directory; memory) grant epoch 0 and need no renewals.
+    fn acquire<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Grant, StoreError>> {
+        let _ = (room, owner, ttl);
+        Box::pin(async { Ok(Grant { epoch: 0 }) })
+    }
+
+    /// Extends the lease of `epoch` by `ttl`; [`LeaseError::Fenced`] if another node took the
+    /// room over.
+    fn renew<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: Epoch,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (room, epoch, ttl);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Ends the lease of `epoch` now, so another node may take the room at once.
+    fn release<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: Epoch,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (room, epoch);
+        Box::pin(async { Ok(()) })
+    }
 
     /// Lists stored rooms.
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>>;
 }
 
 /// An in-memory store: nothing survives the process. Used by tests and by `persist = "none"`.
+/// It keeps real leases ([`LeaseTable`]), so several servers in one process can share it the way
+/// several nodes share Postgres.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     rooms: Mutex<BTreeMap<RoomKey, StoredRoom>>,
+    leases: Mutex<LeaseTable<RoomKey>>,
+}
+
+/// Milliseconds on this process's monotonic clock: the memory store's authority clock.
+fn monotonic_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX)
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl MemoryStore {
@@ -139,6 +203,12 @@ impl MemoryStore {
         let mut guard = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut guard)
     }
+
+    fn with_leases<T>(&self, f: impl FnOnce(&mut LeaseTable<RoomKey>) -> T) -> T {
+        // As above. Lock order: leases, then rooms (a fenced write checks under both).
+        let mut guard = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
 }
 
 impl Store for MemoryStore {
@@ -150,33 +220,77 @@ impl Store for MemoryStore {
     fn append<'a>(
         &'a self,
         room: &'a RoomKey,
+        epoch: Epoch,
         updates: Vec<Bytes>,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        let last = self.with_rooms(|rooms| {
-            let entry = rooms.entry(room.clone()).or_default();
-            let mut seq = entry.last_seq();
-            for update in updates {
-                seq += 1;
-                entry.updates.push((seq, update));
-            }
-            seq
+        let result = self.with_leases(|leases| {
+            leases.check_write(room, epoch)?;
+            Ok(self.with_rooms(|rooms| {
+                let entry = rooms.entry(room.clone()).or_default();
+                let mut seq = entry.last_seq();
+                for update in updates {
+                    seq += 1;
+                    entry.updates.push((seq, update));
+                }
+                seq
+            }))
         });
-        Box::pin(async move { Ok(last) })
+        Box::pin(async move { result })
     }
 
     fn compact<'a>(
         &'a self,
         room: &'a RoomKey,
+        epoch: Epoch,
         snapshot: Bytes,
         through_seq: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.with_rooms(|rooms| {
-            let entry = rooms.entry(room.clone()).or_default();
-            entry.updates.retain(|(seq, _)| *seq > through_seq);
-            entry.snapshot = Some(snapshot);
-            entry.snapshot_seq = through_seq;
+        let result = self.with_leases(|leases| {
+            leases.check_write(room, epoch)?;
+            self.with_rooms(|rooms| {
+                let entry = rooms.entry(room.clone()).or_default();
+                entry.updates.retain(|(seq, _)| *seq > through_seq);
+                entry.snapshot = Some(snapshot);
+                entry.snapshot_seq = through_seq;
+            });
+            Ok(())
         });
-        Box::pin(async { Ok(()) })
+        Box::pin(async move { result })
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Grant, StoreError>> {
+        let result = self
+            .with_leases(|l| l.acquire(room, owner, ttl_ms(ttl), monotonic_ms()))
+            .map_err(StoreError::from);
+        Box::pin(async move { result })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: Epoch,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = self
+            .with_leases(|l| l.renew(room, epoch, ttl_ms(ttl), monotonic_ms()))
+            .map_err(StoreError::from);
+        Box::pin(async move { result })
+    }
+
+    fn release<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: Epoch,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = self
+            .with_leases(|l| l.release(room, epoch, monotonic_ms()))
+            .map_err(StoreError::from);
+        Box::pin(async move { result })
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {

@@ -91,6 +91,13 @@ pub struct Config {
     pub idle_timeout_secs: f64,
     /// Seconds the server waits for connections and rooms to finish on shutdown.
     pub shutdown_grace_secs: f64,
+    /// This node's name in room leases (several nodes may share one Postgres database; each
+    /// room is owned by one node at a time). Empty: `HOSTNAME-PID-RANDOM`, new at each start.
+    pub node_id: String,
+    /// Seconds a room's lease lasts at the database without renewal: how long a dead node's
+    /// rooms stay unavailable before another node may take them over. Renewed every fifth of it;
+    /// a node that cannot renew stops serving a room a fifth of it before the lease can lapse.
+    pub lease_ttl_secs: f64,
     /// Threads running connections and rooms; 0 means one per CPU core. (Storage writes and
     /// document loads run on their own threads either way.)
     pub worker_threads: usize,
@@ -139,6 +146,8 @@ impl Default for Config {
             idle_timeout_secs: 45.0,
             shutdown_grace_secs: 10.0,
             worker_threads: 0,
+            node_id: String::new(),
+            lease_ttl_secs: 10.0,
             auth: AuthSettings::default(),
             admin: AdminConfig::default(),
         }
@@ -153,6 +162,34 @@ impl Config {
     /// The persistence mode of `party`.
     pub fn persist_for(&self, party: &str) -> PersistMode {
         self.parties.get(party).map_or(self.persist, |p| p.persist)
+    }
+
+    /// Room lease timing (see `lease_ttl_secs`).
+    pub fn lease_times(&self) -> ripple_core::lease::LeaseTimes {
+        let ttl = secs(self.lease_ttl_secs).max(Duration::from_millis(500));
+        ripple_core::lease::LeaseTimes {
+            ttl,
+            renew_every: ttl / 5,
+            margin: ttl / 5,
+        }
+    }
+
+    /// This node's id in leases: `node_id`, or one made from the host name, the pid and a
+    /// random part (unique per start, so a restarted node never mistakes an old lease for its
+    /// own).
+    pub fn resolved_node_id(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".to_owned());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!("{host}-{}-{nanos:08x}", std::process::id())
     }
 
     /// How long an empty room stays loaded.

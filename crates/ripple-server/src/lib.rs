@@ -76,6 +76,7 @@ impl Server {
         let config = Arc::new(self.config);
         let env = Arc::new(room::RoomEnv {
             config: config.clone(),
+            node_id: config.resolved_node_id().into(),
             store: self.store,
             stats: self.stats.clone(),
             shutdown: token.clone(),

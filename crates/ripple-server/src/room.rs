@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ripple_core::awareness::ConnId;
+use ripple_core::lease::{Due, Epoch, Holder, LeaseError};
 use ripple_core::room::{fold, Access, Room, RoomError};
-use ripple_core::{RoomKey, Store, StoredRoom};
+use ripple_core::{RoomKey, Store, StoreError, StoredRoom};
 use ripple_proto::{ws, Message};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
@@ -40,6 +41,10 @@ pub(crate) enum JoinError {
     TooManyRooms(usize),
     #[error("room failed to load: {0}")]
     LoadFailed(String),
+    /// Another node holds the room's lease (no forwarding yet: the client reconnects, and a
+    /// load balancer that hashes by room path sends it to the owner).
+    #[error("room is served by another node ({0}); reconnect")]
+    OwnedElsewhere(String),
     #[error("server is shutting down")]
     ShuttingDown,
 }
@@ -47,7 +52,9 @@ pub(crate) enum JoinError {
 impl JoinError {
     pub(crate) fn close_code(&self) -> u16 {
         match self {
-            JoinError::RoomFull(_) | JoinError::TooManyRooms(_) => code::TRY_AGAIN_LATER,
+            JoinError::RoomFull(_) | JoinError::TooManyRooms(_) | JoinError::OwnedElsewhere(_) => {
+                code::TRY_AGAIN_LATER
+            }
             JoinError::LoadFailed(_) => code::INTERNAL_ERROR,
             JoinError::ShuttingDown => code::GOING_AWAY,
         }
@@ -78,6 +85,8 @@ pub(crate) enum RoomMsg {
 /// Everything a room actor needs from the server.
 pub(crate) struct RoomEnv {
     pub(crate) config: Arc<Config>,
+    /// This node's id in room leases.
+    pub(crate) node_id: Arc<str>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutdown: CancellationToken,
@@ -122,6 +131,8 @@ struct Actor {
     log_bytes: u64,
     /// A compaction running in the background, if any.
     compaction: Option<tokio::task::JoinHandle<()>>,
+    /// The room's lease, when it is persisted: every write carries its epoch.
+    lease: Option<Holder>,
     out: Vec<(Target, Bytes)>,
     /// The next ping round (and idle check), or the next token expiry if sooner.
     tick: Pin<Box<Sleep>>,
@@ -146,16 +157,26 @@ impl Drop for Actor {
 pub(crate) async fn run(key: RoomKey, env: Arc<RoomEnv>, mut inbox: mpsc::Receiver<RoomMsg>) {
     let persist = env.config.persist_for(key.party());
     let loaded = load(&key, &env, persist).await;
-    let (room, stored_seq, log) = match loaded {
+    let (room, stored_seq, log, lease) = match loaded {
         Ok(v) => v,
-        Err(reason) => {
-            inc(&env.stats.room_load_failures);
-            error!(room = %key, %reason, "room failed to load; refusing its connections");
+        Err(err) => {
+            if let JoinError::OwnedElsewhere(owner) = &err {
+                inc(&env.stats.owned_elsewhere);
+                info!(room = %key, %owner, "room is owned by another node; refusing its connections");
+            } else {
+                inc(&env.stats.room_load_failures);
+                error!(room = %key, reason = %err, "room failed to load; refusing its connections");
+            }
             // Stay a while to answer joins with the reason (and to keep reconnecting clients
-            // from turning into a reload storm), then retire.
-            let err = JoinError::LoadFailed(reason);
-            let linger = env.config.room_linger().max(Duration::from_secs(1));
-            while let Ok(Some(msg)) = tokio::time::timeout(linger, inbox.recv()).await {
+            // from turning into a reload storm), then retire. A fixed deadline: clients that
+            // keep retrying must not keep a refusal alive after the cause went away (for a
+            // room owned elsewhere, about a second).
+            let linger = match err {
+                JoinError::OwnedElsewhere(_) => Duration::from_secs(1),
+                _ => env.config.room_linger().max(Duration::from_secs(1)),
+            };
+            let until = Instant::now() + linger;
+            while let Ok(Some(msg)) = tokio::time::timeout_at(until, inbox.recv()).await {
                 if let RoomMsg::Join { reply, .. } = msg {
                     let _ = reply.send(Err(err.clone()));
                 }
@@ -176,18 +197,26 @@ pub(crate) async fn run(key: RoomKey, env: Arc<RoomEnv>, mut inbox: mpsc::Receiv
         log_bytes: log.iter().map(|(_, len)| len).sum(),
         log,
         compaction: None,
+        lease,
         out: Vec::new(),
         tick: Box::pin(tokio::time::sleep(Duration::ZERO)),
         next_ping: Instant::now(),
         shutting_down: false,
     };
     actor.schedule_ping();
+    // Schedules the first renewal (the lease was granted just now).
+    if !actor.lease_tick().await {
+        actor.unload_lost(&mut inbox).await;
+        return;
+    }
     actor.run(&mut inbox).await;
 }
 
-type Loaded = (Room, u64, VecDeque<(u64, u64)>);
+type Loaded = (Room, u64, VecDeque<(u64, u64)>, Option<Holder>);
 
-async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Loaded, String> {
+/// Takes the room's lease (another node may own it), then loads what is stored. The lease comes
+/// first: once it is granted, no other node can append, so the load sees every stored update.
+async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Loaded, JoinError> {
     let max_aw = env.config.max_awareness_per_conn;
     let max_doc = env.config.max_doc_bytes;
     if persist == PersistMode::None {
@@ -195,8 +224,32 @@ async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Load
             Room::new(max_aw).with_max_doc_bytes(max_doc),
             0,
             VecDeque::new(),
+            None,
         ));
     }
+    let times = env.config.lease_times();
+    let sent = Instant::now().into_std();
+    let lease = match env.store.acquire(key, &env.node_id, times.ttl).await {
+        Ok(grant) => Holder::granted(&grant, sent, times),
+        Err(StoreError::Lease(LeaseError::Held { owner, .. })) => {
+            return Err(JoinError::OwnedElsewhere(owner))
+        }
+        Err(e) => return Err(JoinError::LoadFailed(e.to_string())),
+    };
+    let loaded = load_stored(key, env, max_aw, max_doc).await;
+    if loaded.is_err() {
+        let _ = env.store.release(key, lease.epoch).await;
+    }
+    let (room, seq, log) = loaded.map_err(JoinError::LoadFailed)?;
+    Ok((room, seq, log, Some(lease)))
+}
+
+async fn load_stored(
+    key: &RoomKey,
+    env: &RoomEnv,
+    max_aw: usize,
+    max_doc: u64,
+) -> Result<(Room, u64, VecDeque<(u64, u64)>), String> {
     let stored: StoredRoom = env.store.load(key).await.map_err(|e| e.to_string())?;
     let seq = stored.last_seq();
     let log = stored
@@ -235,29 +288,47 @@ async fn refuse_all(inbox: &mut mpsc::Receiver<RoomMsg>, err: JoinError) {
 impl Actor {
     async fn run(&mut self, inbox: &mut mpsc::Receiver<RoomMsg>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        // When an empty room retires: fixed when it empties, so lease ticks do not extend it.
+        let mut retire_at: Option<Instant> = None;
         loop {
             let first = if self.conns.is_empty() {
-                let linger = if self.env.shutdown.is_cancelled() {
-                    Duration::ZERO
+                let shutting = self.env.shutdown.is_cancelled();
+                let until = if shutting {
+                    Instant::now()
                 } else {
-                    self.env.config.room_linger()
+                    *retire_at.get_or_insert_with(|| Instant::now() + self.env.config.room_linger())
                 };
                 tokio::select! {
                     msg = inbox.recv() => msg,
-                    _ = tokio::time::sleep(linger) => {
+                    _ = tokio::time::sleep_until(until) => {
+                        retire_at = None;
                         if self.try_retire(inbox).await {
                             return;
                         }
                         continue;
                     }
-                    _ = self.env.shutdown.cancelled(), if linger > Duration::ZERO => continue,
+                    // A lingering room keeps its lease alive until it retires.
+                    _ = self.tick.as_mut(), if self.lease.is_some() => {
+                        self.on_tick();
+                        if !self.lease_tick().await {
+                            self.unload_lost(inbox).await;
+                            return;
+                        }
+                        continue;
+                    }
+                    _ = self.env.shutdown.cancelled(), if !shutting => continue,
                 }
             } else {
+                retire_at = None;
                 let shutdown = self.env.shutdown.clone();
                 tokio::select! {
                     msg = inbox.recv() => msg,
                     _ = self.tick.as_mut() => {
                         self.on_tick();
+                        if !self.lease_tick().await {
+                            self.unload_lost(inbox).await;
+                            return;
+                        }
                         continue;
                     }
                     _ = shutdown.cancelled(), if !self.shutting_down => {
@@ -272,15 +343,17 @@ impl Actor {
             let Some(first) = first else {
                 // Every sender is gone: the server is shutting down.
                 self.finish().await;
+                self.release_lease().await;
                 return;
             };
             batch.push(first);
             drain_into(inbox, &mut batch);
             if !self.turn(&mut batch).await {
-                // Storage failed: every connection was closed; unload so the next join reloads
-                // what is really on disk.
+                // Storage failed or the lease was lost: every connection was closed; unload so
+                // the next join reloads what is really stored (here or on the owner).
                 inbox.close();
                 refuse_all(inbox, JoinError::LoadFailed("storage failed".into())).await;
+                self.release_lease().await;
                 return;
             }
         }
@@ -314,7 +387,12 @@ impl Actor {
             let count = updates.len() as u64;
             let sizes: Vec<u64> = updates.iter().map(|u| u.len() as u64).collect();
             if self.persist != PersistMode::None {
-                match self.env.store.append(&self.key, updates).await {
+                match self
+                    .env
+                    .store
+                    .append(&self.key, self.epoch(), updates)
+                    .await
+                {
                     Ok(seq) => {
                         self.env.stats.storage_failing.store(0, Relaxed);
                         // One append stores its updates under consecutive sequence numbers.
@@ -324,6 +402,12 @@ impl Actor {
                             self.log_bytes += len;
                         }
                         self.last_seq = seq;
+                    }
+                    Err(StoreError::Lease(e)) => {
+                        // Another node owns the room now: nothing of this turn was stored, so
+                        // nothing of it is sent; the clients reconnect and resync there.
+                        self.lose_lease(&e.to_string());
+                        return false;
                     }
                     Err(e) => {
                         inc(&self.env.stats.store_failures);
@@ -556,10 +640,113 @@ impl Actor {
         }
     }
 
+    /// The epoch this room's writes carry (0 without a lease).
+    fn epoch(&self) -> Epoch {
+        self.lease.as_ref().map_or(0, |l| l.epoch)
+    }
+
+    /// This node may no longer serve the room: every connection is closed (they reconnect and
+    /// resync against the owner), nothing more is sent or stored, and the actor unloads.
+    fn lose_lease(&mut self, why: &str) {
+        inc(&self.env.stats.lease_losses);
+        warn!(room = %self.key, why, "lost the room's lease; closing its connections");
+        self.lease = None;
+        self.compaction = None;
+        self.log.clear();
+        self.out.clear();
+        for (_, c) in self.conns.drain() {
+            c.peer.close(
+                code::INTERNAL_ERROR,
+                "room moved to another node; reconnect",
+            );
+        }
+    }
+
+    /// Renews the lease when due; false when the room must unload because the lease is lost
+    /// (fenced by a newer owner) or may have lapsed (self-fencing: no renewal got through in
+    /// time). Also keeps the tick no later than the lease's next due time.
+    async fn lease_tick(&mut self) -> bool {
+        let Some(lease) = self.lease.as_mut() else {
+            return true;
+        };
+        let now = Instant::now().into_std();
+        match lease.due(now) {
+            Due::Wait(at) => {
+                let at = Instant::from_std(at);
+                if at < self.tick.deadline() {
+                    self.tick.as_mut().reset(at);
+                }
+                true
+            }
+            Due::SelfFence => {
+                self.lose_lease("no renewal got through before the lease could lapse");
+                false
+            }
+            Due::Renew => {
+                let times = self.env.config.lease_times();
+                let epoch = lease.epoch;
+                let renewal = self.env.store.renew(&self.key, epoch, times.ttl);
+                // Bounded: a hanging database must not stall the room past its lease.
+                match tokio::time::timeout(times.renew_every, renewal).await {
+                    Ok(Ok(())) => {
+                        inc(&self.env.stats.lease_renewals);
+                        if let Some(lease) = self.lease.as_mut() {
+                            lease.renewed(now);
+                        }
+                    }
+                    Ok(Err(StoreError::Lease(e))) => {
+                        self.lose_lease(&e.to_string());
+                        return false;
+                    }
+                    Ok(Err(e)) => {
+                        warn!(room = %self.key, error = %e, "lease renewal failed; retrying");
+                        if let Some(lease) = self.lease.as_mut() {
+                            lease.renewal_failed(Instant::now().into_std());
+                        }
+                    }
+                    Err(_) => {
+                        warn!(room = %self.key, "lease renewal timed out; retrying");
+                        if let Some(lease) = self.lease.as_mut() {
+                            lease.renewal_failed(Instant::now().into_std());
+                        }
+                    }
+                }
+                // Schedule the next due time (or fence at once if it already passed).
+                Box::pin(self.lease_tick()).await
+            }
+        }
+    }
+
+    /// Ends the lease so another node may take the room at once (after the final compaction).
+    async fn release_lease(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            if let Err(e) = self.env.store.release(&self.key, lease.epoch).await {
+                debug!(room = %self.key, error = %e, "lease release failed (it lapses on its own)");
+            }
+        }
+    }
+
     /// Sets the next ping round one interval from now.
     fn schedule_ping(&mut self) {
         self.next_ping = Instant::now() + self.env.config.ping_interval();
-        self.tick.as_mut().reset(self.next_ping);
+        self.tick_by(self.next_ping);
+    }
+
+    /// Makes the tick fire no later than `at` (an earlier deadline, such as a lease renewal,
+    /// stays).
+    fn tick_by(&mut self, at: Instant) {
+        if self.tick.is_elapsed() || at < self.tick.deadline() {
+            self.tick.as_mut().reset(at);
+        }
+    }
+
+    /// After the lease was lost: refuses what waits in the inbox and lets the actor end.
+    async fn unload_lost(&mut self, inbox: &mut mpsc::Receiver<RoomMsg>) {
+        refuse_all(
+            inbox,
+            JoinError::LoadFailed("room moved to another node; reconnect".into()),
+        )
+        .await;
     }
 
     /// Pings every connection once an interval and closes those not heard from within the idle
@@ -629,6 +816,7 @@ impl Actor {
                 self.log_bytes = 0;
                 Compaction {
                     through,
+                    epoch: self.epoch(),
                     snapshot: Some(snapshot),
                 }
             }
@@ -647,6 +835,7 @@ impl Actor {
                 }
                 Compaction {
                     through,
+                    epoch: self.epoch(),
                     snapshot: None,
                 }
             }
@@ -672,6 +861,8 @@ impl Actor {
         if !inbox.is_empty() {
             return false;
         }
+        // Compacted and about to close the inbox: another node may take the room at once.
+        self.release_lease().await;
         // Joins that raced in between are refused without a reply; the connection asks the
         // registry again and gets a fresh actor that loads what we just stored.
         inbox.close();
@@ -693,6 +884,8 @@ impl Actor {
 /// A compaction through `through`: with the snapshot already built, or rebuilt from storage.
 struct Compaction {
     through: u64,
+    /// The lease it writes under: a compaction from an owner that was superseded is fenced.
+    epoch: Epoch,
     snapshot: Option<Bytes>,
 }
 
@@ -710,7 +903,7 @@ impl Compaction {
             }
         };
         store
-            .compact(key, snapshot, self.through)
+            .compact(key, self.epoch, snapshot, self.through)
             .await
             .map_err(|e| e.to_string())
     }

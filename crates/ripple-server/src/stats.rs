@@ -33,6 +33,13 @@ pub struct Stats {
     pub doc_limit_refusals: AtomicU64,
     /// Documents rebuilt from storage after the CRDT library panicked on a client's update.
     pub room_rebuilds: AtomicU64,
+    /// Room leases renewed.
+    pub lease_renewals: AtomicU64,
+    /// Rooms this node stopped serving because it lost their lease (fenced by a newer owner,
+    /// or unable to renew in time).
+    pub lease_losses: AtomicU64,
+    /// Rooms not served here because another node owns them (joins refused with 1013).
+    pub owned_elsewhere: AtomicU64,
     /// 1 while the last append failed (storage down or full), 0 once one succeeds again.
     pub storage_failing: AtomicU64,
 }
@@ -50,7 +57,7 @@ pub(crate) fn dec(c: &AtomicU64) {
 impl Stats {
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64); 14] = [
+        let rows: [(&str, &str, &AtomicU64); 17] = [
             ("ripple_rooms_loaded_total", "counter", &self.rooms_loaded),
             ("ripple_rooms_active", "gauge", &self.rooms_active),
             (
@@ -96,6 +103,17 @@ impl Stats {
                 &self.doc_limit_refusals,
             ),
             ("ripple_room_rebuilds_total", "counter", &self.room_rebuilds),
+            (
+                "ripple_lease_renewals_total",
+                "counter",
+                &self.lease_renewals,
+            ),
+            ("ripple_lease_losses_total", "counter", &self.lease_losses),
+            (
+                "ripple_rooms_owned_elsewhere_total",
+                "counter",
+                &self.owned_elsewhere,
+            ),
             ("ripple_storage_failing", "gauge", &self.storage_failing),
         ];
         let mut out = String::new();

@@ -52,19 +52,21 @@ impl Store for CountingStore {
     fn append<'a>(
         &'a self,
         room: &'a RoomKey,
+        epoch: ripple_core::lease::Epoch,
         updates: Vec<Bytes>,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.append(room, updates)
+        self.inner.append(room, epoch, updates)
     }
     fn compact<'a>(
         &'a self,
         room: &'a RoomKey,
+        epoch: ripple_core::lease::Epoch,
         snapshot: Bytes,
         through_seq: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.compact(room, snapshot, through_seq)
+        self.inner.compact(room, epoch, snapshot, through_seq)
     }
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
         self.calls.fetch_add(1, Ordering::SeqCst);

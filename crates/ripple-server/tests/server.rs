@@ -484,21 +484,23 @@ impl Store for FaultyStore {
     fn append<'a>(
         &'a self,
         room: &'a RoomKey,
+        epoch: ripple_core::lease::Epoch,
         updates: Vec<Bytes>,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         match room.room() {
             "panics" => panic!("injected panic in room {room}"),
             "disk-full" => Box::pin(async { Err(StoreError::Unavailable("disk full".into())) }),
-            _ => self.inner.append(room, updates),
+            _ => self.inner.append(room, epoch, updates),
         }
     }
     fn compact<'a>(
         &'a self,
         room: &'a RoomKey,
+        epoch: ripple_core::lease::Epoch,
         snapshot: Bytes,
         through_seq: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        self.inner.compact(room, snapshot, through_seq)
+        self.inner.compact(room, epoch, snapshot, through_seq)
     }
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
         self.inner.list()

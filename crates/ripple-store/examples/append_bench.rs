@@ -49,7 +49,7 @@ async fn run(
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let t = Instant::now();
-                store.append(&room, vec![payload.clone()]).await?;
+                store.append(&room, 0, vec![payload.clone()]).await?;
                 latencies.push(t.elapsed());
             }
             Ok::<_, Box<dyn Error + Send + Sync>>(latencies)

@@ -8,6 +8,11 @@
 //! transaction-scoped advisory lock per room (in a fixed order), so several Ripple processes
 //! can share one database without two of them computing the same sequence number.
 //!
+//! Rooms are leased ([`ripple_core::lease`]): `leases` holds each room's owner, epoch and
+//! expiry, judged by the database's clock. Acquiring a lease takes the room's advisory lock, and
+//! so does every append and compaction, which then checks its epoch against `leases` in the same
+//! transaction: a stale owner's write is refused as [`LeaseError::Fenced`] and never commits.
+//!
 //! Connections are plain TCP (`NoTls`); the schema name is validated and is the only thing ever
 //! spliced into SQL. Room keys are bound parameters.
 
@@ -18,6 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use ripple_core::lease::{Epoch, Grant, LeaseError};
 use ripple_core::{BoxFuture, RoomInfo, RoomKey, Store, StoreError, StoredRoom};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
@@ -88,6 +94,7 @@ impl std::fmt::Debug for PostgresStore {
 
 struct AppendRequest {
     room: RoomKey,
+    epoch: Epoch,
     updates: Vec<Bytes>,
     reply: oneshot::Sender<Result<u64, StoreError>>,
 }
@@ -106,6 +113,11 @@ struct Sql {
     move_snapshot: String,
     list: String,
     rooms: String,
+    acquire: String,
+    lease_of: String,
+    lease_epochs: String,
+    renew: String,
+    release: String,
 }
 
 impl Sql {
@@ -183,6 +195,33 @@ impl Sql {
                 "SELECT party, room FROM {s}.snapshots UNION SELECT party, room FROM {s}.updates
                  ORDER BY 1, 2"
             ),
+            // Granted when free, lapsed, or already ours; every grant is a new epoch. Runs
+            // under the room's advisory lock, so it orders with appends and compactions.
+            acquire: format!(
+                "INSERT INTO {s}.leases AS l (party, room, owner, epoch, expires_at)
+                 VALUES ($1, $2, $3, 1, clock_timestamp() + $4::float8 * interval '1 millisecond')
+                 ON CONFLICT (party, room) DO UPDATE SET owner = EXCLUDED.owner,
+                     epoch = l.epoch + 1, expires_at = EXCLUDED.expires_at
+                 WHERE l.expires_at <= clock_timestamp() OR l.owner = EXCLUDED.owner
+                 RETURNING epoch"
+            ),
+            lease_of: format!(
+                "SELECT owner, epoch FROM {s}.leases WHERE party = $1 AND room = $2"
+            ),
+            lease_epochs: format!(
+                "SELECT t.p, t.r, l.epoch FROM unnest($1::text[], $2::text[]) AS t(p, r)
+                 JOIN {s}.leases l ON l.party = t.p AND l.room = t.r"
+            ),
+            // A lapsed lease may be renewed while nobody took over (the epoch is current).
+            renew: format!(
+                "UPDATE {s}.leases SET expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond'
+                 WHERE party = $1 AND room = $2 AND epoch = $3"
+            ),
+            // The row stays: epochs never go back.
+            release: format!(
+                "UPDATE {s}.leases SET expires_at = clock_timestamp()
+                 WHERE party = $1 AND room = $2 AND epoch = $3"
+            ),
         }
     }
 }
@@ -190,10 +229,11 @@ impl Sql {
 /// Schema migrations, in order; `schema_version` records each one applied.
 fn migrations(schema: &str) -> Vec<(i32, String)> {
     let s = format!("\"{schema}\"");
-    vec![(
-        1,
-        format!(
-            "CREATE TABLE {s}.snapshots (
+    vec![
+        (
+            1,
+            format!(
+                "CREATE TABLE {s}.snapshots (
                 party TEXT COLLATE \"C\" NOT NULL,
                 room TEXT COLLATE \"C\" NOT NULL,
                 seq BIGINT NOT NULL,
@@ -224,8 +264,22 @@ fn migrations(schema: &str) -> Vec<(i32, String)> {
                 quarantined_ms BIGINT NOT NULL
             );
             CREATE INDEX quarantine_room ON {s}.quarantine (party, room, seq);"
+            ),
         ),
-    )]
+        (
+            2,
+            format!(
+                "CREATE TABLE {s}.leases (
+                party TEXT COLLATE \"C\" NOT NULL,
+                room TEXT COLLATE \"C\" NOT NULL,
+                owner TEXT NOT NULL,
+                epoch BIGINT NOT NULL,
+                expires_at TIMESTAMPTZ NOT NULL,
+                PRIMARY KEY (party, room)
+            );"
+            ),
+        ),
+    ]
 }
 
 /// Describes a driver error with its causes (the driver's own `Display` omits them) and, for
@@ -450,10 +504,16 @@ impl PostgresStore {
         })
     }
 
-    async fn append_request(&self, room: &RoomKey, updates: Vec<Bytes>) -> Result<u64, StoreError> {
+    async fn append_request(
+        &self,
+        room: &RoomKey,
+        epoch: Epoch,
+        updates: Vec<Bytes>,
+    ) -> Result<u64, StoreError> {
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
             room: room.clone(),
+            epoch,
             updates,
             reply,
         };
@@ -483,16 +543,91 @@ impl PostgresStore {
     async fn try_compact(
         &self,
         room: &RoomKey,
+        epoch: Epoch,
         snapshot: &[u8],
         through_seq: u64,
     ) -> Result<(), Failure> {
         let mut client = self.pool.get().await.map_err(pool_failure)?;
         let tx = client.transaction().await.map_err(classify)?;
         lock_room(&tx, &self.sql, room).await?;
+        let current = lease_epoch(&tx, &self.sql, room).await?;
+        check_epoch(current, epoch)?;
         compact_steps(&tx, &self.sql, room, snapshot, through_seq, None).await?;
         commit(tx).await?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    async fn try_acquire(
+        &self,
+        room: &RoomKey,
+        owner: &str,
+        ttl_ms: f64,
+    ) -> Result<Grant, Failure> {
+        let mut client = self.pool.get().await.map_err(pool_failure)?;
+        let tx = client.transaction().await.map_err(classify)?;
+        lock_room(&tx, &self.sql, room).await?;
+        let granted = tx
+            .query_opt(
+                self.sql.acquire.as_str(),
+                &[&room.party(), &room.room(), &owner, &ttl_ms],
+            )
+            .await
+            .map_err(classify)?;
+        let result = match granted {
+            Some(row) => Ok(Grant {
+                epoch: epoch_column(&row, 0)?,
+            }),
+            None => {
+                let row = tx
+                    .query_one(self.sql.lease_of.as_str(), &[&room.party(), &room.room()])
+                    .await
+                    .map_err(classify)?;
+                Err(LeaseError::Held {
+                    owner: column(&row, 0)?,
+                    epoch: epoch_column(&row, 1)?,
+                })
+            }
+        };
+        commit(tx).await?;
+        result.map_err(|e| Failure::Fatal(e.into()))
+    }
+
+    /// Renews or releases (`ttl_ms` = None) the lease of `epoch`.
+    async fn try_extend(
+        &self,
+        room: &RoomKey,
+        epoch: Epoch,
+        ttl_ms: Option<f64>,
+    ) -> Result<(), Failure> {
+        let client = self.pool.get().await.map_err(pool_failure)?;
+        let epoch_col = i64::try_from(epoch).map_err(|_| Failure::Fatal(fenced(epoch, 0)))?;
+        let (party, name) = (room.party(), room.room());
+        let updated = match &ttl_ms {
+            Some(ttl) => {
+                client
+                    .execute(self.sql.renew.as_str(), &[&party, &name, &epoch_col, ttl])
+                    .await
+            }
+            None => {
+                client
+                    .execute(self.sql.release.as_str(), &[&party, &name, &epoch_col])
+                    .await
+            }
+        }
+        .map_err(classify)?;
+        if updated == 1 {
+            return Ok(());
+        }
+        let current = match client
+            .query_opt(self.sql.lease_of.as_str(), &[&room.party(), &room.room()])
+            .await
+            .map_err(classify)?
+        {
+            Some(row) => epoch_column(&row, 1)?,
+            None => 0,
+        };
+        Err(Failure::Fatal(fenced(epoch, current)))
     }
 
     async fn try_list(&self) -> Result<Vec<RoomInfo>, Failure> {
@@ -537,6 +672,10 @@ impl PostgresStore {
         lock_room(&tx, &self.sql, room)
             .await
             .map_err(Failure::into_error)?;
+        let current = lease_epoch(&tx, &self.sql, room)
+            .await
+            .map_err(Failure::into_error)?;
+        check_epoch(current, 0)?;
         compact_steps(
             &tx,
             &self.sql,
@@ -562,18 +701,50 @@ impl Store for PostgresStore {
     fn append<'a>(
         &'a self,
         room: &'a RoomKey,
+        epoch: Epoch,
         updates: Vec<Bytes>,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(self.append_request(room, updates))
+        Box::pin(self.append_request(room, epoch, updates))
     }
 
     fn compact<'a>(
         &'a self,
         room: &'a RoomKey,
+        epoch: Epoch,
         snapshot: Bytes,
         through_seq: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move { retrying(|| self.try_compact(room, &snapshot, through_seq)).await })
+        Box::pin(
+            async move { retrying(|| self.try_compact(room, epoch, &snapshot, through_seq)).await },
+        )
+    }
+
+    fn acquire<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Grant, StoreError>> {
+        let ttl_ms = ttl.as_secs_f64() * 1000.0;
+        Box::pin(retrying(move || self.try_acquire(room, owner, ttl_ms)))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: Epoch,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let ttl_ms = ttl.as_secs_f64() * 1000.0;
+        Box::pin(retrying(move || self.try_extend(room, epoch, Some(ttl_ms))))
+    }
+
+    fn release<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: Epoch,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(retrying(move || self.try_extend(room, epoch, None)))
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
@@ -633,6 +804,37 @@ async fn migrate(pool: &Pool, schema: &str) -> Result<(), StoreError> {
         .map_err(pg_err)?;
     }
     tx.commit().await.map_err(pg_err)
+}
+
+fn fenced(stale: Epoch, current: Epoch) -> StoreError {
+    LeaseError::Fenced { stale, current }.into()
+}
+
+fn epoch_column(row: &Row, i: usize) -> Result<Epoch, StoreError> {
+    let epoch: i64 = column(row, i)?;
+    u64::try_from(epoch)
+        .map_err(|_| StoreError::Unavailable(format!("negative lease epoch {epoch}")))
+}
+
+/// The room's current epoch (0 when it was never leased). Call under the room's lock.
+async fn lease_epoch(tx: &Transaction<'_>, sql: &Sql, room: &RoomKey) -> Result<Epoch, Failure> {
+    match tx
+        .query_opt(sql.lease_of.as_str(), &[&room.party(), &room.room()])
+        .await
+        .map_err(classify)?
+    {
+        Some(row) => Ok(epoch_column(&row, 1)?),
+        None => Ok(0),
+    }
+}
+
+/// Only the current epoch writes ([`ripple_core::lease::LeaseTable::check_write`]).
+fn check_epoch(current: Epoch, epoch: Epoch) -> Result<(), StoreError> {
+    if current == epoch {
+        Ok(())
+    } else {
+        Err(fenced(epoch, current))
+    }
 }
 
 async fn lock_room(tx: &Transaction<'_>, sql: &Sql, room: &RoomKey) -> Result<(), Failure> {
@@ -879,6 +1081,15 @@ async fn try_append_batch(
         let key = (column(row, 0)?, column(row, 1)?);
         last.insert(key, column(row, 2)?);
     }
+    // Under the same locks: each room's current epoch (rooms never leased are absent: 0).
+    let epoch_rows = tx
+        .query(sql.lease_epochs.as_str(), &[&parties, &names])
+        .await
+        .map_err(classify)?;
+    let mut epochs: HashMap<(String, String), Epoch> = HashMap::with_capacity(epoch_rows.len());
+    for row in &epoch_rows {
+        epochs.insert((column(row, 0)?, column(row, 1)?), epoch_column(row, 2)?);
+    }
 
     let now = record::now_ms();
     let total: usize = batch.iter().map(|r| r.updates.len()).sum();
@@ -891,6 +1102,15 @@ async fn try_append_batch(
     let mut results = Vec::with_capacity(batch.len());
     for request in batch {
         let room = &request.room;
+        let current = epochs
+            .get(&(room.party().to_owned(), room.room().to_owned()))
+            .copied()
+            .unwrap_or(0);
+        if let Err(e) = check_epoch(current, request.epoch) {
+            // A stale owner: its updates are refused; the other rooms go ahead.
+            results.push(Err(e));
+            continue;
+        }
         let mut seq = match next.get(room) {
             Some(seq) => *seq,
             None => {

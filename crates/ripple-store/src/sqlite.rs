@@ -321,9 +321,12 @@ impl Store for SqliteStore {
         Box::pin(self.read(move |conn| load_blocking(conn, &room)))
     }
 
+    // Epochs are not checked: one process owns the data directory (`DataDirLock`), so every
+    // writer holds the default lease, epoch 0.
     fn append<'a>(
         &'a self,
         room: &'a RoomKey,
+        _epoch: ripple_core::lease::Epoch,
         updates: Vec<Bytes>,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         let room = room.clone();
@@ -337,6 +340,7 @@ impl Store for SqliteStore {
     fn compact<'a>(
         &'a self,
         room: &'a RoomKey,
+        _epoch: ripple_core::lease::Epoch,
         snapshot: Bytes,
         through_seq: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>> {

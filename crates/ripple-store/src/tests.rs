@@ -307,20 +307,20 @@ async fn case_roundtrip(store: &dyn Store) {
     let updates = edits(1, "hey");
     assert_eq!(
         store
-            .append(&room, updates[..2].to_vec())
+            .append(&room, 0, updates[..2].to_vec())
             .await
             .expect("append"),
         2
     );
     assert_eq!(
         store
-            .append(&room, updates[2..].to_vec())
+            .append(&room, 0, updates[2..].to_vec())
             .await
             .expect("append"),
         3
     );
     // An empty append writes nothing and reports where the log is.
-    assert_eq!(store.append(&room, Vec::new()).await.expect("append"), 3);
+    assert_eq!(store.append(&room, 0, Vec::new()).await.expect("append"), 3);
 
     let stored = store.load(&room).await.expect("load");
     assert_eq!(stored.snapshot, None);
@@ -348,7 +348,7 @@ async fn case_isolation(store: &dyn Store) {
             .map(|j| Bytes::from(format!("{room}#{j}")))
             .collect();
         assert_eq!(
-            store.append(room, payload).await.expect("append"),
+            store.append(room, 0, payload).await.expect("append"),
             i as u64 + 1,
             "{room}"
         );
@@ -382,14 +382,14 @@ async fn case_list(store: &dyn Store, durable: bool) {
     let a = key("main", "list-a");
     let b = key("main", "list-b");
     let updates = edits(3, "abcd");
-    store.append(&a, updates.clone()).await.expect("append");
+    store.append(&a, 0, updates.clone()).await.expect("append");
     store
-        .append(&b, updates[..1].to_vec())
+        .append(&b, 0, updates[..1].to_vec())
         .await
         .expect("append");
     let snapshot = snapshot_of(&updates[..2]);
     store
-        .compact(&a, snapshot.clone(), 2)
+        .compact(&a, 0, snapshot.clone(), 2)
         .await
         .expect("compact");
 
@@ -411,15 +411,15 @@ async fn case_reopen(h: &mut Harness) {
     let room = key("main", "survivor");
     let updates = edits(4, "durable");
     h.store()
-        .append(&room, updates[..4].to_vec())
+        .append(&room, 0, updates[..4].to_vec())
         .await
         .expect("append");
     h.store()
-        .compact(&room, snapshot_of(&updates[..3]), 3)
+        .compact(&room, 0, snapshot_of(&updates[..3]), 3)
         .await
         .expect("compact");
     h.store()
-        .append(&room, updates[4..].to_vec())
+        .append(&room, 0, updates[4..].to_vec())
         .await
         .expect("append");
     let before = h.store().load(&room).await.expect("load");
@@ -432,7 +432,7 @@ async fn case_reopen(h: &mut Harness) {
     assert_eq!(seqs(&after), vec![4, 5, 6, 7]);
     // The sequence continues where it was.
     let more = edits(5, "!");
-    assert_eq!(h.store().append(&room, more).await.expect("append"), 8);
+    assert_eq!(h.store().append(&room, 0, more).await.expect("append"), 8);
 }
 
 async fn case_group_commit(h: &Harness) {
@@ -448,7 +448,7 @@ async fn case_group_commit(h: &Harness) {
                 let room = key("main", &format!("gc-{r}"));
                 let payload = Bytes::from(format!("room {r} update {i}"));
                 let seq = store
-                    .append(&room, vec![payload.clone()])
+                    .append(&room, 0, vec![payload.clone()])
                     .await
                     .expect("append");
                 (room, seq, payload)
@@ -482,10 +482,13 @@ async fn case_group_commit(h: &Harness) {
 async fn case_compact(store: &dyn Store) {
     let room = key("main", "compact");
     let updates = edits(6, "hello");
-    store.append(&room, updates.clone()).await.expect("append");
+    store
+        .append(&room, 0, updates.clone())
+        .await
+        .expect("append");
     let snapshot = snapshot_of(&updates[..3]);
     store
-        .compact(&room, snapshot.clone(), 3)
+        .compact(&room, 0, snapshot.clone(), 3)
         .await
         .expect("compact");
 
@@ -496,39 +499,42 @@ async fn case_compact(store: &dyn Store) {
     assert_eq!(text_of(&stored), "hello");
 
     let more = edits(7, "!");
-    assert_eq!(store.append(&room, more).await.expect("append"), 6);
+    assert_eq!(store.append(&room, 0, more).await.expect("append"), 6);
 
     // A stale compaction (older than the stored snapshot) and one claiming entries the store
     // never saw are refused, and change nothing.
     let before = store.load(&room).await.expect("load");
-    let stale = store.compact(&room, snapshot_of(&updates[..2]), 2).await;
+    let stale = store.compact(&room, 0, snapshot_of(&updates[..2]), 2).await;
     assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
-    let ahead = store.compact(&room, snapshot.clone(), 99).await;
+    let ahead = store.compact(&room, 0, snapshot.clone(), 99).await;
     assert!(matches!(ahead, Err(StoreError::Conflict(_))), "{ahead:?}");
     assert_eq!(store.load(&room).await.expect("load"), before);
 
     // Compacting everything leaves only the snapshot; appends continue after it.
     let all = snapshot_of(&[updates.clone(), edits(7, "!")].concat());
-    store.compact(&room, all, 6).await.expect("compact all");
+    store.compact(&room, 0, all, 6).await.expect("compact all");
     let stored = store.load(&room).await.expect("load");
     assert_eq!((stored.snapshot_seq, stored.updates.len()), (6, 0));
     assert_eq!(text_of(&stored), "hello!");
-    assert_eq!(store.append(&room, edits(8, "?")).await.expect("append"), 7);
+    assert_eq!(
+        store.append(&room, 0, edits(8, "?")).await.expect("append"),
+        7
+    );
 }
 
 async fn case_compact_crash(h: &mut Harness) {
     let room = key("main", "crashy");
     let updates = edits(9, "crash");
     h.store()
-        .append(&room, updates[..2].to_vec())
+        .append(&room, 0, updates[..2].to_vec())
         .await
         .expect("append");
     h.store()
-        .compact(&room, snapshot_of(&updates[..1]), 1)
+        .compact(&room, 0, snapshot_of(&updates[..1]), 1)
         .await
         .expect("compact");
     h.store()
-        .append(&room, updates[2..].to_vec())
+        .append(&room, 0, updates[2..].to_vec())
         .await
         .expect("append");
     let before = h.store().load(&room).await.expect("load");
@@ -547,7 +553,7 @@ async fn case_compact_crash(h: &mut Harness) {
 
     // The real compaction still goes through afterwards (no lock or row left behind).
     h.store()
-        .compact(&room, snapshot_of(&updates[..4]), 4)
+        .compact(&room, 0, snapshot_of(&updates[..4]), 4)
         .await
         .expect("compact");
     let stored = h.store().load(&room).await.expect("load");
@@ -562,15 +568,15 @@ async fn case_corruption(h: &Harness) {
     let b = key("main", "damaged-not");
     let c = key("main", "garbage");
     let d = key("main", "bad-snapshot");
-    store.append(&a, edits(10, "abc")).await.expect("append");
-    store.append(&b, edits(11, "xy")).await.expect("append");
+    store.append(&a, 0, edits(10, "abc")).await.expect("append");
+    store.append(&b, 0, edits(11, "xy")).await.expect("append");
     let mut c_log = edits(12, "ok");
     c_log.push(Bytes::from_static(&[0xff, 0xfe, 0x01])); // checksummed, but not Yjs
-    store.append(&c, c_log).await.expect("append");
+    store.append(&c, 0, c_log).await.expect("append");
     let d_log = edits(13, "snap");
-    store.append(&d, d_log.clone()).await.expect("append");
+    store.append(&d, 0, d_log.clone()).await.expect("append");
     store
-        .compact(&d, snapshot_of(&d_log[..3]), 3)
+        .compact(&d, 0, snapshot_of(&d_log[..3]), 3)
         .await
         .expect("compact");
 
@@ -623,7 +629,10 @@ async fn case_corruption(h: &Harness) {
     assert_eq!(text_of(&stored), "ab");
     assert!(backend.check(Some(&a)).await.expect("check").is_clean());
     // The quarantined seq is never handed out again.
-    assert_eq!(store.append(&a, edits(14, "d")).await.expect("append"), 4);
+    assert_eq!(
+        store.append(&a, 0, edits(14, "d")).await.expect("append"),
+        4
+    );
 
     let salvaged = backend.salvage(&c).await.expect("salvage garbage");
     assert_eq!(salvaged.moved.len(), 1);
@@ -633,7 +642,10 @@ async fn case_corruption(h: &Harness) {
     assert_eq!(salvaged.moved[0].kind, RecordKind::Snapshot);
     let stored = store.load(&d).await.expect("d loads");
     assert_eq!((stored.snapshot.clone(), seqs(&stored)), (None, vec![4]));
-    assert_eq!(store.append(&d, edits(15, "!")).await.expect("append"), 5);
+    assert_eq!(
+        store.append(&d, 0, edits(15, "!")).await.expect("append"),
+        5
+    );
 
     assert_eq!(h.rows("quarantine", None).await, 3);
     assert!(backend.check(None).await.expect("check").is_clean());
@@ -815,7 +827,7 @@ async fn sqlite_migrations_are_idempotent() {
     for _ in 0..3 {
         let store = crate::SqliteStore::open(dir.path(), Durability::Strict).expect("open");
         store
-            .append(&key("main", "m"), edits(16, "a"))
+            .append(&key("main", "m"), 0, edits(16, "a"))
             .await
             .expect("append");
     }
@@ -848,7 +860,7 @@ async fn postgres_survives_killed_connections() {
     let room = key("main", "phoenix");
     let updates = edits(17, "abc");
     h.store()
-        .append(&room, updates[..1].to_vec())
+        .append(&room, 0, updates[..1].to_vec())
         .await
         .expect("append");
 
@@ -867,7 +879,7 @@ async fn postgres_survives_killed_connections() {
     // The dead pooled connections are replaced; appends, loads and compactions go on.
     for update in &updates[1..] {
         h.store()
-            .append(&room, vec![update.clone()])
+            .append(&room, 0, vec![update.clone()])
             .await
             .expect("append after kill");
     }
@@ -887,15 +899,20 @@ async fn sqlite_a_second_writer_makes_the_first_fail_once_then_recover() {
     let room = key("main", "shared");
     let up = |s: &str| Bytes::from(s.as_bytes().to_vec());
     assert_eq!(
-        a.append(&room, vec![up("a1"), up("a2")]).await.expect("a"),
+        a.append(&room, 0, vec![up("a1"), up("a2")])
+            .await
+            .expect("a"),
         2
     );
-    assert_eq!(b.append(&room, vec![up("b3")]).await.expect("b"), 3);
+    assert_eq!(b.append(&room, 0, vec![up("b3")]).await.expect("b"), 3);
     assert!(
-        a.append(&room, vec![up("a-stale")]).await.is_err(),
+        a.append(&room, 0, vec![up("a-stale")]).await.is_err(),
         "a's remembered seq (2) is stale: its append must fail, not overwrite"
     );
-    assert_eq!(a.append(&room, vec![up("a4")]).await.expect("a again"), 4);
+    assert_eq!(
+        a.append(&room, 0, vec![up("a4")]).await.expect("a again"),
+        4
+    );
     let stored = a.load(&room).await.expect("load");
     let log: Vec<(u64, Bytes)> = stored.updates;
     assert_eq!(

@@ -229,12 +229,30 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     if let Err(e) = ripple_core::room::decode_untrusted(&bytes) {
         bail!("the file is not a Yjs v1 update: {e}");
     }
-    let seq = backend
-        .store()
-        .append(&key, vec![Bytes::from(bytes)])
-        .await?;
-    println!("imported into {key} as update {seq}");
+    let store = backend.store();
+    let epoch = take_lease(store.as_ref(), &key).await?;
+    let appended = store.append(&key, epoch, vec![Bytes::from(bytes)]).await;
+    let _ = store.release(&key, epoch).await;
+    println!("imported into {key} as update {}", appended?);
     Ok(())
+}
+
+/// How long a command's lease on a room lasts (it releases it when done).
+const CLI_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Takes the room's lease for this command, the way a node does before it writes a room, so a
+/// command never writes beside a live owner (Postgres; an embedded directory is locked as a
+/// whole instead). Returns the epoch to write with.
+async fn take_lease(store: &dyn ripple_core::Store, key: &RoomKey) -> anyhow::Result<u64> {
+    let owner = format!("ripple-cli-{}", std::process::id());
+    match store.acquire(key, &owner, CLI_LEASE).await {
+        Ok(grant) => Ok(grant.epoch),
+        Err(ripple_core::StoreError::Lease(e)) => bail!(
+            "{key}: {e}; a running node writes this room: stop it, or wait until the room is \
+             idle (rooms compact on their own when their last client leaves)"
+        ),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn room_keys(
@@ -259,20 +277,33 @@ pub async fn compact(args: MaintainArgs) -> anyhow::Result<()> {
     let (backend, max_len, _lock) = open_for_writing(&args.settings).await?;
     let store = backend.store();
     for key in room_keys(&backend, &args.room, max_len).await? {
-        let stored = store.load(&key).await?;
-        if stored.updates.is_empty() {
-            println!("{key}: nothing to compact");
-            continue;
-        }
-        let through = stored.last_seq();
-        let snapshot = fold(&stored, through).with_context(|| format!("loading {key}"))?;
-        let size = snapshot.len();
-        store.compact(&key, snapshot, through).await?;
-        println!(
-            "{key}: folded {} updates into a {size}-byte snapshot",
-            stored.updates.len()
-        );
+        // Leased before loading: no owner can append between the load and the compaction.
+        let epoch = take_lease(store.as_ref(), &key).await?;
+        let result = compact_one(store.as_ref(), &key, epoch).await;
+        let _ = store.release(&key, epoch).await;
+        result?;
     }
+    Ok(())
+}
+
+async fn compact_one(
+    store: &dyn ripple_core::Store,
+    key: &RoomKey,
+    epoch: u64,
+) -> anyhow::Result<()> {
+    let stored = store.load(key).await?;
+    if stored.updates.is_empty() {
+        println!("{key}: nothing to compact");
+        return Ok(());
+    }
+    let through = stored.last_seq();
+    let snapshot = fold(&stored, through).with_context(|| format!("loading {key}"))?;
+    let size = snapshot.len();
+    store.compact(key, epoch, snapshot, through).await?;
+    println!(
+        "{key}: folded {} updates into a {size}-byte snapshot",
+        stored.updates.len()
+    );
     Ok(())
 }
 
