@@ -148,6 +148,12 @@ impl Config {
         self.parties.get(party).map_or(self.persist, |p| p.persist)
     }
 
+    /// Whether any party keeps anything on disk (the global mode or a per-party override).
+    pub fn persists_anything(&self) -> bool {
+        self.persist != PersistMode::None
+            || self.parties.values().any(|p| p.persist != PersistMode::None)
+    }
+
     /// How long an empty room stays loaded.
     pub fn room_linger(&self) -> Duration {
         secs(self.room_linger_secs)

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ripple_core::{MemoryStore, Store};
-use ripple_server::{Config, PersistMode, Server};
+use ripple_server::{Config, Server};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -101,7 +101,9 @@ fn init_logging(dev: bool) {
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    if config.persist == PersistMode::None {
+    // Memory only when nothing is to be kept: a party with its own persisting mode under a
+    // global `persist = "none"` still needs real storage (rooms in "none" parties never touch it).
+    if !config.persists_anything() {
         return Ok(Arc::new(MemoryStore::new()));
     }
     ripple_store::open_store(&config.storage, &config.data_dir, config.durability)
