@@ -83,6 +83,10 @@ pub struct Config {
     /// Seconds without any frame from a client before it is considered dead and closed (checked
     /// by its room at each ping).
     pub idle_timeout_secs: f64,
+    /// Seconds `/readyz` answers 503 after a failed append (any room). Appends that succeed
+    /// in other rooms meanwhile do not clear it; it clears once this long passes without a
+    /// failure. 0: readiness ignores storage.
+    pub storage_unready_secs: f64,
     /// Seconds the server waits for connections and rooms to finish on shutdown.
     pub shutdown_grace_secs: f64,
     /// Threads running connections and rooms; 0 means one per CPU core. (Storage writes and
@@ -130,6 +134,7 @@ impl Default for Config {
             room_linger_secs: 5.0,
             ping_interval_secs: 15.0,
             idle_timeout_secs: 45.0,
+            storage_unready_secs: 10.0,
             shutdown_grace_secs: 10.0,
             worker_threads: 0,
             auth: AuthSettings::default(),
@@ -151,7 +156,10 @@ impl Config {
     /// Whether any party keeps anything on disk (the global mode or a per-party override).
     pub fn persists_anything(&self) -> bool {
         self.persist != PersistMode::None
-            || self.parties.values().any(|p| p.persist != PersistMode::None)
+            || self
+                .parties
+                .values()
+                .any(|p| p.persist != PersistMode::None)
     }
 
     /// How long an empty room stays loaded.
@@ -172,6 +180,11 @@ impl Config {
     /// Silence after which a connection is reaped.
     pub fn idle_timeout(&self) -> Duration {
         secs(self.idle_timeout_secs)
+    }
+
+    /// How long a failed append keeps `/readyz` at 503.
+    pub fn storage_unready(&self) -> Duration {
+        secs(self.storage_unready_secs)
     }
 
     /// Bound on the shutdown drain.

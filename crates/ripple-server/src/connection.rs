@@ -33,7 +33,7 @@ use crate::closer::code;
 use crate::peer::{OutFrame, Peer, QueueLimits, Wake};
 use crate::registry::RoomHandle;
 use crate::room::{JoinError, RoomMsg};
-use crate::stats::{dec, inc};
+use crate::stats::{inc, ConnSlot};
 use crate::ServerCtx;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -55,6 +55,7 @@ pub(crate) async fn accept(
     on_upgrade: OnUpgrade,
     key: RoomKey,
     admission: Admission,
+    slot: ConnSlot,
     ctx: Arc<ServerCtx>,
 ) {
     let parts = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
@@ -64,7 +65,6 @@ pub(crate) async fn accept(
     };
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     inc(&ctx.stats.connections_total);
-    inc(&ctx.stats.connections_active);
     let peer = Arc::new(Peer::new(conn, parts.io.into_inner()));
     // What the client sent after its upgrade request, already read by hyper.
     let mut reader = Reader::new(ctx.config.max_message_bytes, parts.read_buf);
@@ -82,6 +82,7 @@ pub(crate) async fn accept(
                 room,
                 key,
                 ctx,
+                _slot: slot,
             };
             tracker.spawn(conn.run());
         }
@@ -89,7 +90,7 @@ pub(crate) async fn accept(
             debug!(room = %key, conn, error = %e, "join refused");
             peer.close(e.close_code(), &e.to_string());
             finish(&peer, &mut reader, Ended::ByUs).await;
-            dec(&ctx.stats.connections_active);
+            drop(slot);
         }
     }
 }
@@ -174,6 +175,8 @@ struct Conn {
     room: RoomHandle,
     key: RoomKey,
     ctx: Arc<ServerCtx>,
+    /// This connection's place under `max_connections`, given back when the task ends.
+    _slot: ConnSlot,
 }
 
 impl Conn {
@@ -188,7 +191,6 @@ impl Conn {
             }
             // Boxed: the closing handshake's timers are large, and only needed at the end.
             Box::pin(finish(&self.peer, &mut self.reader, ended)).await;
-            dec(&self.ctx.stats.connections_active);
         }
     }
 

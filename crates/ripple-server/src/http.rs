@@ -17,6 +17,7 @@ use ripple_core::{RoomKey, DEFAULT_PARTY};
 
 use crate::auth::UpgradeRequest;
 use crate::connection;
+use crate::stats::reserve_connection;
 use crate::ServerCtx;
 
 /// The router of a server.
@@ -32,13 +33,12 @@ pub(crate) fn router(ctx: Arc<ServerCtx>) -> Router {
 async fn ready(State(ctx): State<Arc<ServerCtx>>) -> Response {
     if ctx.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
-    } else if ctx
-        .stats
-        .storage_failing
-        .load(std::sync::atomic::Ordering::Relaxed)
-        != 0
-    {
-        (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable").into_response()
+    } else if ctx.stats.storage_failing(ctx.config.storage_unready()) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage unavailable: an append failed recently",
+        )
+            .into_response()
     } else {
         "ready".into_response()
     }
@@ -58,7 +58,7 @@ async fn metrics(State(ctx): State<Arc<ServerCtx>>, headers: HeaderMap) -> Respo
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        ctx.stats.render(),
+        ctx.stats.render(ctx.config.storage_unready()),
     )
         .into_response()
 }
@@ -95,17 +95,12 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
         return reject(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
     }
     let max = ctx.config.max_connections as u64;
-    if ctx
-        .stats
-        .connections_active
-        .load(std::sync::atomic::Ordering::Relaxed)
-        >= max
-    {
+    let Some(slot) = reserve_connection(&ctx.stats, max) else {
         return reject(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("server at its limit of {max} connections"),
         );
-    }
+    };
     let (accept, on_upgrade) = match websocket_handshake(&mut parts) {
         Ok(v) => v,
         Err((status, reason)) => return reject(status, reason),
@@ -135,7 +130,7 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
         }
     }
     let tracker = ctx.tracker.clone();
-    tracker.spawn(connection::accept(on_upgrade, key, admission, ctx));
+    tracker.spawn(connection::accept(on_upgrade, key, admission, slot, ctx));
     response
         .body(axum::body::Body::empty())
         .unwrap_or_else(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "bad response"))
