@@ -11,6 +11,8 @@ pub mod code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame that is not a y-pk-batch marker.
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// Policy violation: over a per-connection quota (`rate_*`, `max_awareness_state_bytes`).
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// Message larger than `max_message_bytes`.
     pub const TOO_BIG: u16 = 1009;
     /// The room failed (load error, storage down, internal error).

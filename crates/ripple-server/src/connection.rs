@@ -30,7 +30,8 @@ use tracing::{debug, warn};
 
 use crate::auth::Admission;
 use crate::closer::code;
-use crate::peer::{OutFrame, Peer, QueueLimits, Wake};
+use crate::peer::{now_ms, OutFrame, Peer, QueueLimits, Wake};
+use crate::quota::{Buckets, Limit, Rates};
 use crate::registry::RoomHandle;
 use crate::room::{JoinError, RoomMsg};
 use crate::stats::{inc, ConnSlot};
@@ -73,6 +74,7 @@ pub(crate) async fn accept(
         .filter(|_| ctx.config.auth.close_on_expiry)
         .and_then(deadline);
     let user: Option<Arc<str>> = admission.user.map(Into::into);
+    let buckets = Buckets::new(&Rates::of(&ctx.config), now_ms());
     match join(&ctx, &key, &peer, admission.access, user, expires).await {
         Ok(room) => {
             let tracker = ctx.tracker.clone();
@@ -82,6 +84,7 @@ pub(crate) async fn accept(
                 room,
                 key,
                 ctx,
+                buckets,
                 _slot: slot,
             };
             tracker.spawn(conn.run());
@@ -175,6 +178,8 @@ struct Conn {
     room: RoomHandle,
     key: RoomKey,
     ctx: Arc<ServerCtx>,
+    /// Its quotas (`quota.rs`), checked before a message is handed to the room.
+    buckets: Buckets,
     /// This connection's place under `max_connections`, given back when the task ends.
     _slot: ConnSlot,
 }
@@ -255,6 +260,8 @@ impl Conn {
     /// the way. Also returns how the connection ends, if this read ended it (the messages that
     /// came before are still delivered).
     fn read_messages(&mut self) -> (Vec<Message>, Option<Ended>) {
+        let rates = Rates::of(&self.ctx.config);
+        let now = now_ms();
         let mut events = Vec::new();
         let mut end = match self.reader.read(&self.peer, &mut events) {
             Ok(Input::Open) => None,
@@ -293,7 +300,14 @@ impl Conn {
                 }
             };
             match assembled.and_then(|frame| frame.map(Message::decode).transpose()) {
-                Ok(Some(msg)) => msgs.push(msg),
+                Ok(Some(msg)) => {
+                    if let Err(limit) = self.buckets.admit(&rates, &msg, now) {
+                        self.over_quota(limit, &rates);
+                        end = Some(Ended::ByUs);
+                        break;
+                    }
+                    msgs.push(msg)
+                }
                 Ok(None) => {}
                 Err(e) => {
                     let code = match e {
@@ -308,6 +322,17 @@ impl Conn {
             }
         }
         (msgs, end)
+    }
+
+    /// Closes the connection for going over a quota (see `quota.rs` for why closing is the
+    /// outcome, not dropping or slowing down).
+    fn over_quota(&self, limit: Limit, rates: &Rates) {
+        if let Some(i) = Limit::ALL.iter().position(|l| *l == limit) {
+            inc(&self.ctx.stats.rate_limit_closes[i]);
+        }
+        let reason = limit.reason(rates);
+        warn!(room = %self.key, conn = self.peer.id, reason, "closing connection: over a quota");
+        self.peer.close(code::POLICY_VIOLATION, &reason);
     }
 
     fn protocol_error(&self, code: u16, reason: &str) {

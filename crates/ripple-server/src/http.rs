@@ -17,7 +17,8 @@ use ripple_core::{RoomKey, DEFAULT_PARTY};
 
 use crate::auth::UpgradeRequest;
 use crate::connection;
-use crate::stats::reserve_connection;
+use crate::peer::now_ms;
+use crate::stats::{inc, reserve_connection};
 use crate::ServerCtx;
 
 /// The router of a server.
@@ -94,6 +95,33 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
     if ctx.shutdown.is_cancelled() {
         return reject(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
     }
+    let remote_ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ci| ci.0.ip());
+    // Before any auth work: a banned address costs a table lookup, nothing more.
+    if let Some(ip) = remote_ip {
+        if let Err(retry_after) = ctx.throttle.check(ip, now_ms()) {
+            inc(&ctx.stats.auth_throttled);
+            let secs = retry_after.as_secs().max(1);
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, secs.to_string())],
+                format!("too many failed auth attempts from this address; retry in {secs} s"),
+            )
+                .into_response();
+        }
+    }
+    if !ctx
+        .origins
+        .allows(parts.headers.get(header::ORIGIN).map(HeaderValue::as_bytes))
+    {
+        inc(&ctx.stats.origin_refused);
+        return reject(
+            StatusCode::FORBIDDEN,
+            "origin not allowed: this page's Origin is not in the server's allowed_origins",
+        );
+    }
     let max = ctx.config.max_connections as u64;
     let Some(slot) = reserve_connection(&ctx.stats, max) else {
         return reject(
@@ -109,14 +137,19 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
         key: &key,
         query: parts.uri.query(),
         headers: &parts.headers,
-        remote_addr: parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ci| ci.0.ip()),
+        remote_addr: remote_ip,
     };
     let admission = match ctx.auth.authorize(&auth_req).await {
         Ok(admission) => admission,
-        Err(rejection) => return reject(rejection.status, rejection.reason),
+        Err(rejection) => {
+            // 401/403 are the client's doing; 503 (auth backend down) is not counted.
+            if let (Some(ip), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) =
+                (remote_ip, rejection.status)
+            {
+                ctx.throttle.failed(ip, now_ms());
+            }
+            return reject(rejection.status, rejection.reason);
+        }
     };
     let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::peer::now_ms;
+use crate::quota::Limit;
 
 /// Counters and gauges of one server.
 #[derive(Debug, Default)]
@@ -34,6 +35,12 @@ pub struct Stats {
     pub store_failures: AtomicU64,
     /// Compactions completed.
     pub compactions: AtomicU64,
+    /// Connections closed for going over a quota, per `quota::Limit` (in `Limit::ALL` order).
+    pub rate_limit_closes: [AtomicU64; 4],
+    /// Upgrades refused with 429 because the client address failed auth too often.
+    pub auth_throttled: AtomicU64,
+    /// Upgrades refused with 403 because their `Origin` is not in `allowed_origins`.
+    pub origin_refused: AtomicU64,
     /// When an append last failed, as `now_ms() + 1` (0: never). `/readyz` answers 503 while
     /// that is less than `storage_unready_secs` ago; see [`Stats::storage_failing`].
     pub last_store_failure_ms: AtomicU64,
@@ -94,7 +101,7 @@ impl Stats {
     /// `storage_unready_secs` (for the `ripple_storage_failing` gauge).
     pub fn render(&self, storage_window: Duration) -> String {
         let storage_failing = AtomicU64::new(self.storage_failing(storage_window).into());
-        let rows: [(&str, &str, &AtomicU64); 12] = [
+        let rows: [(&str, &str, &AtomicU64); 14] = [
             ("ripple_rooms_loaded_total", "counter", &self.rooms_loaded),
             ("ripple_rooms_active", "gauge", &self.rooms_active),
             (
@@ -135,10 +142,25 @@ impl Stats {
             ),
             ("ripple_compactions_total", "counter", &self.compactions),
             ("ripple_storage_failing", "gauge", &storage_failing),
+            (
+                "ripple_auth_throttled_total",
+                "counter",
+                &self.auth_throttled,
+            ),
+            ("ripple_origin_refused_total", "counter", &self.origin_refused),
         ];
         let mut out = String::new();
         for (name, kind, value) in rows {
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", value.load(Relaxed));
+        }
+        let _ = writeln!(out, "# TYPE ripple_rate_limit_closes_total counter");
+        for (limit, value) in Limit::ALL.iter().zip(&self.rate_limit_closes) {
+            let _ = writeln!(
+                out,
+                "ripple_rate_limit_closes_total{{limit=\"{}\"}} {}",
+                limit.label(),
+                value.load(Relaxed)
+            );
         }
         out
     }
