@@ -103,7 +103,8 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
     if let Some(ip) = remote_ip {
         if let Err(retry_after) = ctx.throttle.check(ip, now_ms()) {
             inc(&ctx.stats.auth_throttled);
-            let secs = retry_after.as_secs().max(1);
+            // Rounded up: a client retrying after Retry-After must find the ban over.
+            let secs = retry_after.as_millis().div_ceil(1000).max(1);
             return (
                 StatusCode::TOO_MANY_REQUESTS,
                 [(header::RETRY_AFTER, secs.to_string())],

@@ -89,7 +89,10 @@ impl Server {
         });
         let origins = origin::OriginPolicy::new(&config.allowed_origins);
         for entry in &origins.invalid {
-            warn!(entry, "allowed_origins: not an origin ([scheme://]host[:port]); it matches nothing");
+            warn!(
+                entry,
+                "allowed_origins: not an origin ([scheme://]host[:port]); it matches nothing"
+            );
         }
         let ctx = Arc::new(ServerCtx {
             throttle: throttle::AuthThrottle::new(&config),

@@ -93,7 +93,9 @@ impl OriginPolicy {
             return false;
         }
         self.patterns.iter().any(|p| {
-            p.scheme.as_ref().is_none_or(|s| Some(s) == o.scheme.as_ref())
+            p.scheme
+                .as_ref()
+                .is_none_or(|s| Some(s) == o.scheme.as_ref())
                 && p.port == o.port
                 && match p.host.strip_prefix("*.") {
                     Some(suffix) => o

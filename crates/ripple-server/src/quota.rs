@@ -60,10 +60,9 @@ impl Limit {
                 "rate limit: over {} awareness messages/s (burst {})",
                 rates.awareness_per_sec, rates.awareness_burst
             ),
-            Limit::AwarenessState => format!(
-                "awareness state over {} bytes",
-                rates.max_awareness_state
-            ),
+            Limit::AwarenessState => {
+                format!("awareness state over {} bytes", rates.max_awareness_state)
+            }
         }
     }
 }
@@ -173,7 +172,11 @@ impl Buckets {
         let fill = |level: f64, rate: f64, burst: f64| (level + rate * secs).min(burst);
         self.doc = fill(self.doc, rates.doc_per_sec, rates.doc_burst);
         self.bytes = fill(self.bytes, rates.bytes_per_sec, rates.bytes_burst);
-        self.awareness = fill(self.awareness, rates.awareness_per_sec, rates.awareness_burst);
+        self.awareness = fill(
+            self.awareness,
+            rates.awareness_per_sec,
+            rates.awareness_burst,
+        );
     }
 }
 

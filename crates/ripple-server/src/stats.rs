@@ -147,7 +147,11 @@ impl Stats {
                 "counter",
                 &self.auth_throttled,
             ),
-            ("ripple_origin_refused_total", "counter", &self.origin_refused),
+            (
+                "ripple_origin_refused_total",
+                "counter",
+                &self.origin_refused,
+            ),
         ];
         let mut out = String::new();
         for (name, kind, value) in rows {
