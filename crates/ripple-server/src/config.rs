@@ -107,6 +107,10 @@ pub struct Config {
     /// Most client addresses tracked; when full, the address tracked longest is forgotten
     /// (memory stays bounded; an attacker with that many addresses can make bans end early).
     pub auth_throttle_max_ips: usize,
+    /// Address blocks never throttled (`127.0.0.0/8`, `::1`, `10.0.0.0/8`, ...): by default
+    /// loopback. Behind a reverse proxy every client has the proxy's address, so list the
+    /// proxy here or one attacker gets everyone banned.
+    pub auth_throttle_exempt: Vec<String>,
     /// Origins allowed to open WebSockets (the `Origin` header browsers send): exact
     /// (`https://app.example.com`, `http://localhost:3000`) or one leading wildcard label
     /// (`https://*.example.com`, any subdomain); without a scheme, any scheme; without a port,
@@ -183,6 +187,7 @@ impl Default for Config {
             auth_throttle_window_secs: 60.0,
             auth_throttle_ban_secs: 300.0,
             auth_throttle_max_ips: 10_000,
+            auth_throttle_exempt: vec!["127.0.0.0/8".into(), "::1".into()],
             allowed_origins: Vec::new(),
             room_linger_secs: 5.0,
             ping_interval_secs: 15.0,

@@ -94,6 +94,12 @@ impl Server {
                 "allowed_origins: not an origin ([scheme://]host[:port]); it matches nothing"
             );
         }
+        for entry in throttle::AuthThrottle::invalid_exemptions(&config) {
+            warn!(
+                entry,
+                "auth_throttle_exempt: not an address block (ADDR or ADDR/BITS); ignored"
+            );
+        }
         let ctx = Arc::new(ServerCtx {
             throttle: throttle::AuthThrottle::new(&config),
             origins,

@@ -8,6 +8,11 @@
 //! started longest ago is forgotten (its count, or its ban, ends early): memory stays bounded
 //! and an attacker needs that many addresses to shorten a ban.
 //!
+//! Addresses in `auth_throttle_exempt` are never counted: by default loopback, where a reverse
+//! proxy on the same host connects from. Behind a proxy every client has the proxy's address
+//! (no forwarding header is trusted), so one attacker would get everyone banned: list the
+//! proxy's address there (then the throttle belongs in the proxy).
+//!
 //! One std `Mutex` over the table: it is touched only on upgrade requests (never per message),
 //! and never held across an await.
 
@@ -35,6 +40,49 @@ fn key_of(ip: IpAddr) -> Key {
     }
 }
 
+/// An address block (`10.0.0.0/8`, `::1`, `2001:db8::/32`): parsed from `auth_throttle_exempt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Block {
+    /// The address as 128 bits (IPv4 as IPv4-mapped IPv6) and how many leading bits count.
+    bits: u128,
+    prefix: u32,
+}
+
+fn bits_of(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => u128::from(v4.to_ipv6_mapped()),
+            None => u128::from(v6),
+        },
+    }
+}
+
+fn parse_block(s: &str) -> Option<Block> {
+    let (addr, prefix) = match s.trim().split_once('/') {
+        Some((a, p)) => (a, Some(p.parse::<u32>().ok()?)),
+        None => (s.trim(), None),
+    };
+    let ip: IpAddr = addr.parse().ok()?;
+    let prefix = match (ip, prefix) {
+        (IpAddr::V4(_), Some(p)) if p <= 32 => p + 96,
+        (IpAddr::V6(_), Some(p)) if p <= 128 => p,
+        (_, Some(_)) => return None,
+        (_, None) => 128,
+    };
+    Some(Block {
+        bits: bits_of(ip),
+        prefix,
+    })
+}
+
+impl Block {
+    fn contains(&self, ip: IpAddr) -> bool {
+        let mask = u128::MAX.checked_shl(128 - self.prefix).unwrap_or(0);
+        (bits_of(ip) ^ self.bits) & mask == 0
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     /// When the current counting window started (ms, the table's clock).
@@ -58,6 +106,7 @@ pub(crate) struct AuthThrottle {
     window_ms: u64,
     ban_ms: u64,
     max_ips: usize,
+    exempt: Vec<Block>,
     table: Mutex<Table>,
 }
 
@@ -72,8 +121,27 @@ impl AuthThrottle {
             window_ms: ms(config.auth_throttle_window_secs),
             ban_ms: ms(config.auth_throttle_ban_secs),
             max_ips: config.auth_throttle_max_ips.max(1),
+            exempt: config
+                .auth_throttle_exempt
+                .iter()
+                .filter_map(|s| parse_block(s))
+                .collect(),
             table: Mutex::new(Table::default()),
         }
+    }
+
+    /// Entries of `auth_throttle_exempt` that are not address blocks (logged at start).
+    pub(crate) fn invalid_exemptions(config: &Config) -> Vec<String> {
+        config
+            .auth_throttle_exempt
+            .iter()
+            .filter(|s| parse_block(s).is_none())
+            .cloned()
+            .collect()
+    }
+
+    fn exempt(&self, ip: IpAddr) -> bool {
+        self.exempt.iter().any(|b| b.contains(ip))
     }
 
     fn enabled(&self) -> bool {
@@ -88,7 +156,7 @@ impl AuthThrottle {
 
     /// `Err(retry_after)` while `ip` is banned at `now_ms`.
     pub(crate) fn check(&self, ip: IpAddr, now_ms: u64) -> Result<(), Duration> {
-        if !self.enabled() {
+        if !self.enabled() || self.exempt(ip) {
             return Ok(());
         }
         let table = self.lock();
@@ -102,7 +170,7 @@ impl AuthThrottle {
 
     /// Records a failed auth from `ip` at `now_ms`.
     pub(crate) fn failed(&self, ip: IpAddr, now_ms: u64) {
-        if !self.enabled() {
+        if !self.enabled() || self.exempt(ip) {
             return;
         }
         let key = key_of(ip);
@@ -160,6 +228,7 @@ mod tests {
             auth_throttle_window_secs: 60.0,
             auth_throttle_ban_secs: 300.0,
             auth_throttle_max_ips: max_ips,
+            auth_throttle_exempt: Vec::new(),
             ..Config::default()
         })
     }
@@ -207,6 +276,28 @@ mod tests {
         // The newest are kept.
         assert!(t.check(IpAddr::from(999u32.to_be_bytes()), 1000).is_err());
         assert_eq!(t.check(IpAddr::from(0u32.to_be_bytes()), 1000), Ok(()));
+    }
+
+    #[test]
+    fn exempt_blocks_are_never_counted() {
+        let t = AuthThrottle::new(&Config {
+            auth_throttle_attempts: 1,
+            auth_throttle_exempt: vec!["10.0.0.0/8".into(), "::1".into(), "2001:db8::/32".into()],
+            ..Config::default()
+        });
+        for exempt in ["10.1.2.3", "::1", "2001:db8:1::5", "::ffff:10.9.9.9"] {
+            t.failed(ip(exempt), 0);
+            assert_eq!(t.check(ip(exempt), 0), Ok(()), "{exempt}");
+        }
+        t.failed(ip("11.0.0.1"), 0);
+        assert!(t.check(ip("11.0.0.1"), 0).is_err());
+        assert_eq!(parse_block("10.0.0.0/33"), None);
+        assert_eq!(parse_block("nonsense"), None);
+        assert_eq!(
+            Config::default().auth_throttle_exempt,
+            vec!["127.0.0.0/8".to_owned(), "::1".to_owned()]
+        );
+        assert!(AuthThrottle::invalid_exemptions(&Config::default()).is_empty());
     }
 
     #[test]

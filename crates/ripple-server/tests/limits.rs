@@ -255,6 +255,8 @@ async fn an_address_that_keeps_failing_auth_gets_429_before_any_auth_work() {
     let auth = Arc::new(CountingAuth::default());
     let config = quota_config(|c| {
         c.auth_throttle_attempts = 5;
+        // The test connects from loopback, exempt by default.
+        c.auth_throttle_exempt = Vec::new();
         c.auth_throttle_window_secs = 60.0;
         c.auth_throttle_ban_secs = 120.0;
     });
@@ -281,10 +283,18 @@ async fn an_address_that_keeps_failing_auth_gets_429_before_any_auth_work() {
 }
 
 #[tokio::test]
-async fn successes_and_an_off_throttle_do_not_ban() {
+async fn an_off_throttle_or_an_exempt_address_is_never_banned() {
     let auth = Arc::new(CountingAuth::default());
     let config = quota_config(|c| c.auth_throttle_attempts = 0);
     let server = start_with(config, Arc::new(MemoryStore::new()), Some(auth.clone())).await;
+    for _ in 0..30 {
+        let (status, _, _) = upgrade(server.addr, &upgrade_request("/t?token=bad")).await;
+        assert_eq!(status, 401);
+    }
+    let (status, text, _) = upgrade(server.addr, &upgrade_request("/t?token=good")).await;
+    assert_eq!(status, 101, "{text}");
+    // On by default, but loopback is exempt.
+    let server = start_with(test_config(), Arc::new(MemoryStore::new()), Some(auth)).await;
     for _ in 0..30 {
         let (status, _, _) = upgrade(server.addr, &upgrade_request("/t?token=bad")).await;
         assert_eq!(status, 401);
