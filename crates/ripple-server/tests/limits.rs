@@ -25,8 +25,10 @@ fn upgrade_with(path: &str, extra: &str) -> String {
 }
 
 /// Sends an upgrade request on a fresh socket and reads the response head. Returns the status,
-/// the head and body text read so far, and the socket (still open: a 101 stays connected).
-async fn upgrade(addr: std::net::SocketAddr, request: &str) -> (u16, String, TcpStream) {
+/// the head and body text read so far, and for a 101 the socket (still open). A refused
+/// socket is closed at once: kept alive, it would hold one of the accept loop's places for
+/// connections that have not upgraded (until the header deadline).
+async fn upgrade(addr: std::net::SocketAddr, request: &str) -> (u16, String, Option<TcpStream>) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(request.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
@@ -59,11 +61,14 @@ async fn upgrade(addr: std::net::SocketAddr, request: &str) -> (u16, String, Tcp
                         .then(|| value.trim().parse().ok())?
                 })
                 .unwrap_or(0);
-            if status == 101 || body.len() >= length || n == 0 {
-                return (status, text, s);
+            if status == 101 {
+                return (status, text, Some(s));
+            }
+            if body.len() >= length || n == 0 {
+                return (status, text, None);
             }
         } else if n == 0 {
-            return (0, text, s);
+            return (0, text, None);
         }
     }
 }
@@ -101,7 +106,7 @@ async fn a_burst_of_upgrades_never_opens_more_than_max_connections() {
     for _ in 0..MAX - 1 {
         let (status, text, socket) = upgrade(addr, &upgrade_request("/burst")).await;
         assert_eq!(status, 101, "{text}");
-        open.push(socket);
+        open.extend(socket);
     }
     server
         .wait_stat(
@@ -117,7 +122,7 @@ async fn a_burst_of_upgrades_never_opens_more_than_max_connections() {
     for t in tasks {
         let (status, text, socket) = t.await.expect("task");
         match status {
-            101 => open.push(socket),
+            101 => open.extend(socket),
             503 => {
                 assert!(text.contains("limit of 10 connections"), "{text}");
                 refused += 1;
