@@ -267,6 +267,20 @@ mod tests {
         assert!(serde_json::from_str::<Config>(r#"{"prot": 1}"#).is_err());
     }
 
+    #[test]
+    fn every_key_is_documented_in_the_example_config() {
+        let example = include_str!("../../../ripple.example.toml");
+        let value = serde_json::to_value(Config::default()).expect("serializes");
+        let keys = value.as_object().expect("an object");
+        for key in keys.keys() {
+            let documented = example.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[{key}."))
+            });
+            assert!(documented, "ripple.example.toml does not document {key:?}");
+        }
+    }
+
     fn toml_like(json: &str) -> Config {
         serde_json::from_str(json).expect("valid config")
     }
