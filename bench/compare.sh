@@ -45,6 +45,8 @@ log() { printf '\n### %s\n' "$*" >&2; }
 log "building ripple and ripple-bench (release)"
 cargo build --release -q -p ripple -p ripple-bench
 BENCH="$ROOT/target/release/ripple-bench"
+# Ripple's per-connection quotas off: see the file for why.
+export RIPPLE_CONFIG="$ROOT/bench/ripple.bench.toml"
 
 needs_node=0
 for s in $SERVERS; do case $s in ripple*) ;; *) needs_node=1 ;; esac; done

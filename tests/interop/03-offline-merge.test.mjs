@@ -2,7 +2,7 @@
 import { before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import {
-  test, startRipple, cleanup, connectSynced, synced, uniqueRoom, waitFor, snapshot, sameState, sleep
+  test, startRipple, cleanup, connectSynced, synced, uniqueRoom, waitFor, snapshot, sameState
 } from './lib.mjs'
 
 let server
@@ -31,7 +31,15 @@ async function offlineMerge (kind) {
     b.doc.getArray('array').push(['b1'])
     b.doc.getMap('map').set('b', 2)
     b.doc.getMap('map').set('k', 'from-b')
-    await sleep(300)
+    // B's edits are on the server (a probe that joins now gets them): had A still been in the
+    // room it would have been sent them by now.
+    const probe = await connectSynced(server, room, { kind })
+    try {
+      await waitFor(() => probe.doc.getText('text').toString().includes('B-online'), 5000,
+        { describe: 'B edits to reach the server' })
+    } finally {
+      probe.destroy()
+    }
     assert.ok(!a.doc.getText('text').toString().includes('B-online'), 'offline A must not see B edits')
     assert.ok(!b.doc.getText('text').toString().includes('A-offline'), 'B must not see offline A edits')
 

@@ -23,6 +23,18 @@ async function seenBy (b, a, name) {
     { describe: () => `B to see A's awareness user=${name}; B states: ${JSON.stringify([...b.awareness.getStates()])}` })
 }
 
+// Waits until the server holds A's awareness (a probe in the room has received it), so that a
+// client joining afterwards can only get it from the server's greeting, not from a broadcast
+// of A's update that was still on its way.
+async function serverHas (room, a, name, kind) {
+  const probe = await connectSynced(server, room, { kind })
+  try {
+    await seenBy(probe, a, name)
+  } finally {
+    probe.destroy()
+  }
+}
+
 for (const kind of ['ws', 'pk']) {
   test(`[${kind}] awareness propagates A -> B and is removed from B after A's provider.destroy()`, async () => {
     const room = uniqueRoom(`aw-destroy-${kind}`)
@@ -88,7 +100,7 @@ for (const kind of ['ws', 'pk']) {
     const a = await connectSynced(server, room, { kind })
     try {
       a.awareness.setLocalStateField('user', { name: 'early' })
-      await sleep(100)
+      await serverHas(room, a, 'early', kind)
       // y-websocket does not query awareness on connect and re-sends it only every 15 s:
       // B sees A within 2 s only if the server sends the current awareness on connect.
       const b = await connectSynced(server, room, { kind })
@@ -110,7 +122,7 @@ test('raw socket: on connect the server sends sync step 1 first, then the curren
   const room = uniqueRoom('aw-raw-join')
   const a = await connectSynced(server, room, { kind: 'ws' })
   a.awareness.setLocalStateField('user', { name: 'present' })
-  await sleep(200)
+  await serverHas(room, a, 'present', 'ws')
   const raw = rawConnect(roomUrl(room))
   try {
     await raw.opened

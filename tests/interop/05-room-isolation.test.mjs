@@ -2,7 +2,7 @@
 import { before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import {
-  test, startRipple, cleanup, connectSynced, uniqueRoom, waitFor, sleep, snapshot
+  test, startRipple, cleanup, connectSynced, uniqueRoom, waitFor, snapshot
 } from './lib.mjs'
 
 let server
@@ -29,7 +29,13 @@ for (const kind of ['ws', 'pk']) {
         await waitFor(() => readers[i].doc.getText('text').toString() === `content of ${rooms[i]}`, 5000,
           { describe: () => `reader of ${rooms[i]} to get its content; has ${readers[i].doc.getText('text')}` })
       }
-      await sleep(300) // give any misrouted update time to arrive
+      // Every room's content was written to all of that room's sockets before its reader saw
+      // it. A marker edit per room now reaches each reader after anything misrouted to it.
+      writers.forEach((w) => w.doc.getMap('marker').set('done', true))
+      for (let i = 0; i < rooms.length; i++) {
+        await waitFor(() => readers[i].doc.getMap('marker').get('done') === true, 5000,
+          { describe: `reader of ${rooms[i]} to get its marker` })
+      }
       rooms.forEach((room, i) => {
         assert.deepEqual(snapshot(readers[i].doc), {
           text: `content of ${room}`, map: { [room]: i }, array: [], xml: ''

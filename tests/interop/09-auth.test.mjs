@@ -4,7 +4,7 @@ import { before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import {
-  test, startRipple, cleanup, connect, connectSynced, uniqueRoom, waitFor, sleep, rawConnect,
+  test, startRipple, cleanup, connect, connectSynced, uniqueRoom, waitFor, rawConnect,
   rippleBin, IS_REFERENCE
 } from './lib.mjs'
 
@@ -41,7 +41,11 @@ test('YPartyKitProvider with params: { token } connects and syncs; a read-only t
     a.doc.getText('text').insert(5, '!')
     await waitFor(() => r.doc.getText('text').toString().includes('!'), 5000,
       { describe: () => `the reader to get live updates; has ${r.doc.getText('text')}` })
-    await sleep(300) // give the refused edit time to (not) arrive
+    // The server handles a socket's messages in order: once A and B have the reader's
+    // awareness, sent after its refused edit, that edit had its chance to reach them.
+    r.awareness.setLocalStateField('marker', 'after-edit')
+    await waitFor(() => [a, b].every((c) => c.awareness.getStates().get(r.doc.clientID)?.marker === 'after-edit'), 5000,
+      { describe: 'the reader\'s awareness (sent after its edit) to reach A and B' })
     assert.equal(a.doc.getText('text').toString(), 'hello!')
     assert.equal(b.doc.getText('text').toString(), 'hello!')
 
@@ -71,7 +75,9 @@ test('missing, wrong-room and forged tokens are refused with HTTP errors before 
 
   // A provider with a bad token never syncs (it keeps retrying in the background).
   const c = connect(server, room, { kind: 'pk', params: { token: forged } })
-  await sleep(1000)
+  let refusals = 0
+  c.provider.on('connection-close', () => { refusals++ })
+  await waitFor(() => refusals >= 2, 10000, { describe: 'the provider to be refused twice' })
   assert.equal(c.provider.synced, false)
   c.destroy()
 })

@@ -21,6 +21,10 @@ async fn start() -> (String, oneshot::Sender<()>) {
     let config = Config {
         port: 0,
         room_linger_secs: 0.2,
+        // As in bench/ripple.bench.toml: `burst` writes faster than the per-connection quota.
+        rate_doc_messages_per_sec: 0,
+        rate_update_bytes_per_sec: 0,
+        rate_awareness_per_sec: 0,
         ..Config::default()
     };
     let server = Server::new(config, Arc::new(MemoryStore::new()));

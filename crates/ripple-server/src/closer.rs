@@ -11,7 +11,8 @@ pub mod code {
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame that is not a y-pk-batch marker.
     pub const UNSUPPORTED_DATA: u16 = 1003;
-    /// A limit of the room was reached (`max_doc_bytes`); the reason says which.
+    /// Policy violation: over a per-connection quota (`rate_*`, `max_awareness_state_bytes`), or
+    /// an update that would take the document past `max_doc_bytes`; the reason says which.
     pub const POLICY_VIOLATION: u16 = 1008;
     /// Message larger than `max_message_bytes`.
     pub const TOO_BIG: u16 = 1009;

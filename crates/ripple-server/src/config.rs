@@ -82,6 +82,47 @@ pub struct Config {
     pub room_inbox: usize,
     /// Most awareness client ids one connection may introduce.
     pub max_awareness_per_conn: usize,
+    /// Per connection: document messages (sync step 1, step 2, update) per second, refilled
+    /// continuously up to `rate_doc_messages_burst`. Over it the connection is closed with
+    /// 1008 and a reason naming the limit (the client reconnects and resyncs). 0: no limit.
+    pub rate_doc_messages_per_sec: u32,
+    /// The document-message bucket's size (how many may come at once).
+    pub rate_doc_messages_burst: u32,
+    /// Per connection: bytes of document updates per second (same outcome). 0: no limit.
+    pub rate_update_bytes_per_sec: u64,
+    /// The byte bucket's size; never less than `max_message_bytes`, so one message of the
+    /// largest accepted size always fits a full bucket.
+    pub rate_update_bytes_burst: u64,
+    /// Per connection: awareness messages (updates and queries) per second (same outcome).
+    /// 0: no limit.
+    pub rate_awareness_per_sec: u32,
+    /// The awareness bucket's size.
+    pub rate_awareness_burst: u32,
+    /// Largest awareness state (the JSON of one client id) accepted; a larger one closes the
+    /// connection with 1008. 0: no limit (`max_message_bytes` still applies).
+    pub max_awareness_state_bytes: usize,
+    /// Failed upgrades (HTTP 401/403 from auth) one client address may cause within
+    /// `auth_throttle_window_secs` before it is banned for `auth_throttle_ban_secs`: banned
+    /// addresses get 429 before any auth work. IPv6 addresses count per /64. 0: off (and
+    /// always off under `ripple dev`).
+    pub auth_throttle_attempts: u32,
+    /// The window in which failed attempts are counted, in seconds.
+    pub auth_throttle_window_secs: f64,
+    /// How long a banned address gets 429, in seconds.
+    pub auth_throttle_ban_secs: f64,
+    /// Most client addresses tracked; when full, the address tracked longest is forgotten
+    /// (memory stays bounded; an attacker with that many addresses can make bans end early).
+    pub auth_throttle_max_ips: usize,
+    /// Address blocks never throttled (`127.0.0.0/8`, `::1`, `10.0.0.0/8`, ...): by default
+    /// loopback. Behind a reverse proxy every client has the proxy's address, so list the
+    /// proxy here or one attacker gets everyone banned.
+    pub auth_throttle_exempt: Vec<String>,
+    /// Origins allowed to open WebSockets (the `Origin` header browsers send): exact
+    /// (`https://app.example.com`, `http://localhost:3000`) or one leading wildcard label
+    /// (`https://*.example.com`, any subdomain); without a scheme, any scheme; without a port,
+    /// the default port only. Requests without `Origin` (non-browser clients) are allowed.
+    /// Others get 403. Empty: every origin is allowed.
+    pub allowed_origins: Vec<String>,
     /// Seconds a room with no connections stays loaded.
     pub room_linger_secs: f64,
     /// Seconds between server pings.
@@ -89,6 +130,10 @@ pub struct Config {
     /// Seconds without any frame from a client before it is considered dead and closed (checked
     /// by its room at each ping).
     pub idle_timeout_secs: f64,
+    /// Seconds `/readyz` answers 503 after a failed append (any room). Appends that succeed
+    /// in other rooms meanwhile do not clear it; it clears once this long passes without a
+    /// failure. 0: readiness ignores storage.
+    pub storage_unready_secs: f64,
     /// Seconds the server waits for connections and rooms to finish on shutdown.
     pub shutdown_grace_secs: f64,
     /// This node's name in room leases (several nodes may share one Postgres database; each
@@ -141,9 +186,27 @@ impl Default for Config {
             outbound_queue_bytes: 64 * 1024 * 1024,
             room_inbox: 1024,
             max_awareness_per_conn: 16,
+            // Generous for real editors: typing produces one update per keystroke (tens per
+            // second at most); the burst covers an offline client's reconnect and bulk edits.
+            rate_doc_messages_per_sec: 200,
+            rate_doc_messages_burst: 1000,
+            rate_update_bytes_per_sec: 8 * 1024 * 1024,
+            rate_update_bytes_burst: 64 * 1024 * 1024,
+            // Cursors driven by mouse moves can send one awareness update per frame (60/s).
+            rate_awareness_per_sec: 60,
+            rate_awareness_burst: 600,
+            max_awareness_state_bytes: 64 * 1024,
+            // Hocuspocus's throttle defaults: 15 attempts per 60 s, then a 5-minute ban.
+            auth_throttle_attempts: 15,
+            auth_throttle_window_secs: 60.0,
+            auth_throttle_ban_secs: 300.0,
+            auth_throttle_max_ips: 10_000,
+            auth_throttle_exempt: vec!["127.0.0.0/8".into(), "::1".into()],
+            allowed_origins: Vec::new(),
             room_linger_secs: 5.0,
             ping_interval_secs: 15.0,
             idle_timeout_secs: 45.0,
+            storage_unready_secs: 10.0,
             shutdown_grace_secs: 10.0,
             worker_threads: 0,
             node_id: String::new(),
@@ -192,6 +255,15 @@ impl Config {
         format!("{host}-{}-{nanos:08x}", std::process::id())
     }
 
+    /// Whether any party keeps anything on disk (the global mode or a per-party override).
+    pub fn persists_anything(&self) -> bool {
+        self.persist != PersistMode::None
+            || self
+                .parties
+                .values()
+                .any(|p| p.persist != PersistMode::None)
+    }
+
     /// How long an empty room stays loaded.
     pub fn room_linger(&self) -> Duration {
         secs(self.room_linger_secs)
@@ -210,6 +282,11 @@ impl Config {
     /// Silence after which a connection is reaped.
     pub fn idle_timeout(&self) -> Duration {
         secs(self.idle_timeout_secs)
+    }
+
+    /// How long a failed append keeps `/readyz` at 503.
+    pub fn storage_unready(&self) -> Duration {
+        secs(self.storage_unready_secs)
     }
 
     /// Bound on the shutdown drain.
@@ -232,6 +309,20 @@ mod tests {
         assert_eq!(cfg.persist_for("scratch"), PersistMode::None);
         assert_eq!(cfg.max_message_bytes, Config::default().max_message_bytes);
         assert!(serde_json::from_str::<Config>(r#"{"prot": 1}"#).is_err());
+    }
+
+    #[test]
+    fn every_key_is_documented_in_the_example_config() {
+        let example = include_str!("../../../ripple.example.toml");
+        let value = serde_json::to_value(Config::default()).expect("serializes");
+        let keys = value.as_object().expect("an object");
+        for key in keys.keys() {
+            let documented = example.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[{key}."))
+            });
+            assert!(documented, "ripple.example.toml does not document {key:?}");
+        }
     }
 
     fn toml_like(json: &str) -> Config {

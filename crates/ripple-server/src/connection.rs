@@ -30,10 +30,11 @@ use tracing::{debug, warn};
 
 use crate::auth::Admission;
 use crate::closer::code;
-use crate::peer::{OutFrame, Peer, QueueLimits, Wake};
+use crate::peer::{now_ms, OutFrame, Peer, QueueLimits, Wake};
+use crate::quota::{Buckets, Limit, Rates};
 use crate::registry::RoomHandle;
 use crate::room::{JoinError, RoomMsg};
-use crate::stats::{dec, inc};
+use crate::stats::{inc, ConnSlot};
 use crate::ServerCtx;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -55,6 +56,7 @@ pub(crate) async fn accept(
     on_upgrade: OnUpgrade,
     key: RoomKey,
     admission: Admission,
+    slot: ConnSlot,
     ctx: Arc<ServerCtx>,
 ) {
     let parts = match on_upgrade.await.map(|u| u.downcast::<TokioIo<TcpStream>>()) {
@@ -64,7 +66,6 @@ pub(crate) async fn accept(
     };
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     inc(&ctx.stats.connections_total);
-    inc(&ctx.stats.connections_active);
     let peer = Arc::new(Peer::new(conn, parts.io.into_inner()));
     // What the client sent after its upgrade request, already read by hyper.
     let mut reader = Reader::new(ctx.config.max_message_bytes, parts.read_buf);
@@ -73,6 +74,7 @@ pub(crate) async fn accept(
         .filter(|_| ctx.config.auth.close_on_expiry)
         .and_then(deadline);
     let user: Option<Arc<str>> = admission.user.map(Into::into);
+    let buckets = Buckets::new(&Rates::of(&ctx.config), now_ms());
     match join(&ctx, &key, &peer, admission.access, user, expires).await {
         Ok(room) => {
             let tracker = ctx.tracker.clone();
@@ -82,6 +84,8 @@ pub(crate) async fn accept(
                 room,
                 key,
                 ctx,
+                buckets,
+                _slot: slot,
             };
             tracker.spawn(conn.run());
         }
@@ -89,7 +93,7 @@ pub(crate) async fn accept(
             debug!(room = %key, conn, error = %e, "join refused");
             peer.close(e.close_code(), &e.to_string());
             finish(&peer, &mut reader, Ended::ByUs).await;
-            dec(&ctx.stats.connections_active);
+            drop(slot);
         }
     }
 }
@@ -174,6 +178,10 @@ struct Conn {
     room: RoomHandle,
     key: RoomKey,
     ctx: Arc<ServerCtx>,
+    /// Its quotas (`quota.rs`), checked before a message is handed to the room.
+    buckets: Buckets,
+    /// This connection's place under `max_connections`, given back when the task ends.
+    _slot: ConnSlot,
 }
 
 impl Conn {
@@ -188,7 +196,6 @@ impl Conn {
             }
             // Boxed: the closing handshake's timers are large, and only needed at the end.
             Box::pin(finish(&self.peer, &mut self.reader, ended)).await;
-            dec(&self.ctx.stats.connections_active);
         }
     }
 
@@ -253,6 +260,8 @@ impl Conn {
     /// the way. Also returns how the connection ends, if this read ended it (the messages that
     /// came before are still delivered).
     fn read_messages(&mut self) -> (Vec<Message>, Option<Ended>) {
+        let rates = Rates::of(&self.ctx.config);
+        let now = now_ms();
         let mut events = Vec::new();
         let mut end = match self.reader.read(&self.peer, &mut events) {
             Ok(Input::Open) => None,
@@ -291,7 +300,14 @@ impl Conn {
                 }
             };
             match assembled.and_then(|frame| frame.map(Message::decode).transpose()) {
-                Ok(Some(msg)) => msgs.push(msg),
+                Ok(Some(msg)) => {
+                    if let Err(limit) = self.buckets.admit(&rates, &msg, now) {
+                        self.over_quota(limit, &rates);
+                        end = Some(Ended::ByUs);
+                        break;
+                    }
+                    msgs.push(msg)
+                }
                 Ok(None) => {}
                 Err(e) => {
                     let code = match e {
@@ -306,6 +322,17 @@ impl Conn {
             }
         }
         (msgs, end)
+    }
+
+    /// Closes the connection for going over a quota (see `quota.rs` for why closing is the
+    /// outcome, not dropping or slowing down).
+    fn over_quota(&self, limit: Limit, rates: &Rates) {
+        if let Some(i) = Limit::ALL.iter().position(|l| *l == limit) {
+            inc(&self.ctx.stats.rate_limit_closes[i]);
+        }
+        let reason = limit.reason(rates);
+        warn!(room = %self.key, conn = self.peer.id, reason, "closing connection: over a quota");
+        self.peer.close(code::POLICY_VIOLATION, &reason);
     }
 
     fn protocol_error(&self, code: u16, reason: &str) {

@@ -17,6 +17,8 @@ use ripple_core::{RoomKey, DEFAULT_PARTY};
 
 use crate::auth::UpgradeRequest;
 use crate::connection;
+use crate::peer::now_ms;
+use crate::stats::{inc, reserve_connection};
 use crate::ServerCtx;
 
 /// The router of a server.
@@ -32,13 +34,12 @@ pub(crate) fn router(ctx: Arc<ServerCtx>) -> Router {
 async fn ready(State(ctx): State<Arc<ServerCtx>>) -> Response {
     if ctx.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
-    } else if ctx
-        .stats
-        .storage_failing
-        .load(std::sync::atomic::Ordering::Relaxed)
-        != 0
-    {
-        (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable").into_response()
+    } else if ctx.stats.storage_failing(ctx.config.storage_unready()) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage unavailable: an append failed recently",
+        )
+            .into_response()
     } else {
         "ready".into_response()
     }
@@ -58,7 +59,7 @@ async fn metrics(State(ctx): State<Arc<ServerCtx>>, headers: HeaderMap) -> Respo
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        ctx.stats.render(),
+        ctx.stats.render(ctx.config.storage_unready()),
     )
         .into_response()
 }
@@ -94,18 +95,41 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
     if ctx.shutdown.is_cancelled() {
         return reject(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
     }
-    let max = ctx.config.max_connections as u64;
-    if ctx
-        .stats
-        .connections_active
-        .load(std::sync::atomic::Ordering::Relaxed)
-        >= max
+    let remote_ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ci| ci.0.ip());
+    // Before any auth work: a banned address costs a table lookup, nothing more.
+    if let Some(ip) = remote_ip {
+        if let Err(retry_after) = ctx.throttle.check(ip, now_ms()) {
+            inc(&ctx.stats.auth_throttled);
+            // Rounded up: a client retrying after Retry-After must find the ban over.
+            let secs = retry_after.as_millis().div_ceil(1000).max(1);
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, secs.to_string())],
+                format!("too many failed auth attempts from this address; retry in {secs} s"),
+            )
+                .into_response();
+        }
+    }
+    if !ctx
+        .origins
+        .allows(parts.headers.get(header::ORIGIN).map(HeaderValue::as_bytes))
     {
+        inc(&ctx.stats.origin_refused);
+        return reject(
+            StatusCode::FORBIDDEN,
+            "origin not allowed: this page's Origin is not in the server's allowed_origins",
+        );
+    }
+    let max = ctx.config.max_connections as u64;
+    let Some(slot) = reserve_connection(&ctx.stats, max) else {
         return reject(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("server at its limit of {max} connections"),
         );
-    }
+    };
     let (accept, on_upgrade) = match websocket_handshake(&mut parts) {
         Ok(v) => v,
         Err((status, reason)) => return reject(status, reason),
@@ -114,14 +138,19 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
         key: &key,
         query: parts.uri.query(),
         headers: &parts.headers,
-        remote_addr: parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ci| ci.0.ip()),
+        remote_addr: remote_ip,
     };
     let admission = match ctx.auth.authorize(&auth_req).await {
         Ok(admission) => admission,
-        Err(rejection) => return reject(rejection.status, rejection.reason),
+        Err(rejection) => {
+            // 401/403 are the client's doing; 503 (auth backend down) is not counted.
+            if let (Some(ip), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) =
+                (remote_ip, rejection.status)
+            {
+                ctx.throttle.failed(ip, now_ms());
+            }
+            return reject(rejection.status, rejection.reason);
+        }
     };
     let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -135,7 +164,7 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
         }
     }
     let tracker = ctx.tracker.clone();
-    tracker.spawn(connection::accept(on_upgrade, key, admission, ctx));
+    tracker.spawn(connection::accept(on_upgrade, key, admission, slot, ctx));
     response
         .body(axum::body::Body::empty())
         .unwrap_or_else(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "bad response"))

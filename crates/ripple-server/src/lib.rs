@@ -9,10 +9,13 @@ pub mod config;
 mod connection;
 mod http;
 mod listener;
+mod origin;
 mod peer;
+mod quota;
 mod registry;
 mod room;
 pub mod stats;
+mod throttle;
 pub mod token_auth;
 
 use std::future::Future;
@@ -38,6 +41,10 @@ pub(crate) struct ServerCtx {
     pub(crate) registry: registry::Registry,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// Failed-auth throttling per client address (`auth_throttle_*`).
+    pub(crate) throttle: throttle::AuthThrottle,
+    /// The compiled `allowed_origins`.
+    pub(crate) origins: origin::OriginPolicy,
 }
 
 /// The pieces a server is made of.
@@ -81,7 +88,22 @@ impl Server {
             stats: self.stats.clone(),
             shutdown: token.clone(),
         });
+        let origins = origin::OriginPolicy::new(&config.allowed_origins);
+        for entry in &origins.invalid {
+            warn!(
+                entry,
+                "allowed_origins: not an origin ([scheme://]host[:port]); it matches nothing"
+            );
+        }
+        for entry in throttle::AuthThrottle::invalid_exemptions(&config) {
+            warn!(
+                entry,
+                "auth_throttle_exempt: not an address block (ADDR or ADDR/BITS); ignored"
+            );
+        }
         let ctx = Arc::new(ServerCtx {
+            throttle: throttle::AuthThrottle::new(&config),
+            origins,
             config: config.clone(),
             auth: self.auth,
             stats: self.stats,

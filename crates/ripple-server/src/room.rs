@@ -394,7 +394,6 @@ impl Actor {
                     .await
                 {
                     Ok(seq) => {
-                        self.env.stats.storage_failing.store(0, Relaxed);
                         // One append stores its updates under consecutive sequence numbers.
                         let first = seq + 1 - count;
                         for (i, len) in sizes.into_iter().enumerate() {
@@ -411,7 +410,7 @@ impl Actor {
                     }
                     Err(e) => {
                         inc(&self.env.stats.store_failures);
-                        self.env.stats.storage_failing.store(1, Relaxed);
+                        self.env.stats.append_failed();
                         error!(room = %self.key, error = %e, "append failed; closing the room");
                         self.out.clear();
                         for (_, c) in self.conns.drain() {

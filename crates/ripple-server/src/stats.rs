@@ -3,6 +3,11 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::peer::now_ms;
+use crate::quota::Limit;
 
 /// Counters and gauges of one server.
 #[derive(Debug, Default)]
@@ -13,7 +18,8 @@ pub struct Stats {
     pub rooms_active: AtomicU64,
     /// Room loads that failed (corrupt data, storage down).
     pub room_load_failures: AtomicU64,
-    /// Open WebSocket connections now.
+    /// Open WebSocket connections now, counting upgrades in progress (a place under
+    /// `max_connections` is reserved before auth and released when the connection ends).
     pub connections_active: AtomicU64,
     /// Connections accepted since start.
     pub connections_total: AtomicU64,
@@ -40,8 +46,15 @@ pub struct Stats {
     pub lease_losses: AtomicU64,
     /// Rooms not served here because another node owns them (joins refused with 1013).
     pub owned_elsewhere: AtomicU64,
-    /// 1 while the last append failed (storage down or full), 0 once one succeeds again.
-    pub storage_failing: AtomicU64,
+    /// Connections closed for going over a quota, per `quota::Limit` (in `Limit::ALL` order).
+    pub rate_limit_closes: [AtomicU64; 4],
+    /// Upgrades refused with 429 because the client address failed auth too often.
+    pub auth_throttled: AtomicU64,
+    /// Upgrades refused with 403 because their `Origin` is not in `allowed_origins`.
+    pub origin_refused: AtomicU64,
+    /// When an append last failed, as `now_ms() + 1` (0: never). `/readyz` answers 503 while
+    /// that is less than `storage_unready_secs` ago; see [`Stats::storage_failing`].
+    pub last_store_failure_ms: AtomicU64,
 }
 
 /// Increments a counter.
@@ -54,10 +67,52 @@ pub(crate) fn dec(c: &AtomicU64) {
     c.fetch_sub(1, Relaxed);
 }
 
+/// One place under `max_connections`, reserved before the upgrade is answered and held by the
+/// connection until it ends; dropping it gives the place back.
+#[derive(Debug)]
+pub(crate) struct ConnSlot(Arc<Stats>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        dec(&self.0.connections_active);
+    }
+}
+
+/// Reserves a connection place: increment first, then check, so a burst of upgrades can never
+/// pass the check together (checking before incrementing let every request of a burst through).
+/// `None` (and the increment undone) when `max` places are taken.
+pub(crate) fn reserve_connection(stats: &Arc<Stats>, max: u64) -> Option<ConnSlot> {
+    let before = stats.connections_active.fetch_add(1, Relaxed);
+    if before >= max {
+        dec(&stats.connections_active);
+        return None;
+    }
+    Some(ConnSlot(stats.clone()))
+}
+
 impl Stats {
-    /// The Prometheus text exposition of every counter.
-    pub fn render(&self) -> String {
-        let rows: [(&str, &str, &AtomicU64); 17] = [
+    /// Records a failed append (any room).
+    pub(crate) fn append_failed(&self) {
+        self.last_store_failure_ms.store(now_ms() + 1, Relaxed);
+    }
+
+    /// Whether an append failed in the last `window`. A success in another room does not clear
+    /// it (one room's storage can fail while another's works, e.g. a full tablespace or a
+    /// quarantined file); it clears only once `window` passes without any failure, so a server
+    /// whose storage keeps failing stays unready as long as its clients keep trying to write,
+    /// and one that got no traffic to prove it healthy again does not stay unready forever.
+    pub fn storage_failing(&self, window: Duration) -> bool {
+        match self.last_store_failure_ms.load(Relaxed) {
+            0 => false,
+            at => now_ms().saturating_sub(at - 1) < window.as_millis() as u64,
+        }
+    }
+
+    /// The Prometheus text exposition of every counter; `storage_window` is
+    /// `storage_unready_secs` (for the `ripple_storage_failing` gauge).
+    pub fn render(&self, storage_window: Duration) -> String {
+        let storage_failing = AtomicU64::new(self.storage_failing(storage_window).into());
+        let rows: [(&str, &str, &AtomicU64); 19] = [
             ("ripple_rooms_loaded_total", "counter", &self.rooms_loaded),
             ("ripple_rooms_active", "gauge", &self.rooms_active),
             (
@@ -114,11 +169,30 @@ impl Stats {
                 "counter",
                 &self.owned_elsewhere,
             ),
-            ("ripple_storage_failing", "gauge", &self.storage_failing),
+            ("ripple_storage_failing", "gauge", &storage_failing),
+            (
+                "ripple_auth_throttled_total",
+                "counter",
+                &self.auth_throttled,
+            ),
+            (
+                "ripple_origin_refused_total",
+                "counter",
+                &self.origin_refused,
+            ),
         ];
         let mut out = String::new();
         for (name, kind, value) in rows {
             let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {}", value.load(Relaxed));
+        }
+        let _ = writeln!(out, "# TYPE ripple_rate_limit_closes_total counter");
+        for (limit, value) in Limit::ALL.iter().zip(&self.rate_limit_closes) {
+            let _ = writeln!(
+                out,
+                "ripple_rate_limit_closes_total{{limit=\"{}\"}} {}",
+                limit.label(),
+                value.load(Relaxed)
+            );
         }
         out
     }

@@ -365,6 +365,9 @@ async fn with_close_on_expiry_off_a_connection_outlives_its_token() {
     let fresh = token(&["doc-*"], Level::Write, None);
     let mut other = connect_synced(&with_token(&server, "doc-keep", &fresh)).await;
     wait_text(&mut other, "still here").await;
+    // Past its expiry; the barrier's echo would come after any close.
+    let mut c = c;
+    barrier(&mut c).await;
     assert_eq!(c.observed().closed, None);
 }
 
@@ -439,7 +442,12 @@ async fn awareness_of_one_user_cannot_be_overwritten_by_another_but_can_by_the_s
         })
         .await
         .expect("bob updates");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // alice's leave was handled (the room holds only alice2, bob and the observer now); any
+    // removal it broadcast reaches the observer before its barrier's echo.
+    server
+        .wait_stat("alice gone", |s| &s.connections_active, |n| n == 3)
+        .await;
+    barrier(&mut observer).await;
     assert!(observer.observed().awareness.contains_key(&alice_id));
     drop(alice2);
 }
@@ -514,7 +522,8 @@ async fn webhook_allow_write_allow_read_and_deny_against_a_real_http_server() {
         .wait_for("denied", WAIT, |o, _| !o.denied.is_empty())
         .await
         .expect("read access from the webhook is enforced");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The refused edit was handled before the writer's barrier.
+    barrier(&mut writer).await;
     assert_eq!(text(&writer), "from writer");
     let _ = &mut writer;
 }

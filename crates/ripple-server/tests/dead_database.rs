@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use common::*;
 use ripple_client::Client;
+use ripple_server::Config;
 use ripple_store::{PostgresOptions, PostgresStore};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -98,7 +99,11 @@ async fn database_down_closes_the_room_and_nothing_is_lost_when_it_returns() {
             .await
             .expect("connect through the proxy"),
     );
-    let server = start_with(test_config(), store, None).await;
+    let config = Config {
+        storage_unready_secs: 1.0,
+        ..test_config()
+    };
+    let server = start_with(config, store, None).await;
 
     let mut writer = server.client("pg-room").await;
     let mut peer = server.client("pg-room").await;
@@ -120,10 +125,12 @@ async fn database_down_closes_the_room_and_nothing_is_lost_when_it_returns() {
     again.synced(WAIT).await.expect("synced");
     let mut fresh = server.client("pg-room").await;
     wait_text(&mut fresh, "during;before;").await;
-    server
-        .wait_stat("storage ok", |s| &s.storage_failing, |n| n == 0)
-        .await;
-    assert_eq!(http_get(server.addr, "/readyz").await.0, 200);
+    // Ready again once `storage_unready_secs` passes without a failed append.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while http_get(server.addr, "/readyz").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "/readyz stays 503");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     again.close();
     let _ = again.wait_closed(WAIT).await;
 

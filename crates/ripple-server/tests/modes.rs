@@ -110,7 +110,10 @@ async fn history_mode_keeps_updates_up_to_the_limit_and_folds_the_oldest() {
     let server = start_with(config, store.clone(), None).await;
     // Under the limit nothing is folded, even when the room empties.
     session(&server, "hist", 8, "a").await;
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // The room unloads after its final compaction (if any): then look.
+    server
+        .wait_stat("room unloaded", |s| &s.rooms_active, |n| n == 0)
+        .await;
     let st = stored(&store, "hist").await;
     assert_eq!(st.updates.len(), 8);
     assert!(st.snapshot.is_none());

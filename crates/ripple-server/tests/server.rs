@@ -61,7 +61,10 @@ async fn rooms_sharing_a_prefix_are_isolated() {
     insert_text(&doc10, 0, "C");
     wait_text(&mut doc1, "B").await;
     wait_text(&mut doc10, "C").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // doc-1's and doc-10's edits were written to every socket of their rooms before their
+    // readers saw them; `doc`'s barrier echo comes after anything misrouted to it.
+    let mut doc = doc;
+    barrier(&mut doc).await;
     assert_eq!(text(&doc), "A");
     assert_eq!(text(&doc1), "B");
     assert_eq!(text(&doc10), "C");
@@ -118,11 +121,61 @@ async fn new_connections_get_current_awareness_and_query_awareness_is_answered()
     })
     .await
     .expect("greeting carries awareness");
-    let before = b.observed().messages;
-    b.send(Message::QueryAwareness).expect("send");
-    b.wait_for("query answer", WAIT, |o, _| o.messages > before)
+    drop(b);
+    use futures_util::SinkExt;
+    // A raw socket, to see the answer itself: after the greeting, a query gets one awareness
+    // message carrying every state the room holds (here a's).
+    let (mut raw, _) = tokio_tungstenite::connect_async(server.url("q"))
         .await
-        .expect("answer");
+        .expect("connect");
+    let mut greeting_awareness = false;
+    while !greeting_awareness {
+        match next_message(&mut raw).await {
+            Message::Awareness(_) => greeting_awareness = true,
+            Message::Sync(_) => {}
+            other => panic!("unexpected greeting message {other:?}"),
+        }
+    }
+    raw.send(WsMessage::Binary(Message::QueryAwareness.encode()))
+        .await
+        .expect("send query");
+    let answer = loop {
+        match next_message(&mut raw).await {
+            Message::Awareness(payload) => break payload,
+            // Our step 1 was never sent, so only the greeting's sync messages could precede.
+            Message::Sync(_) => {}
+            other => panic!("unexpected answer {other:?}"),
+        }
+    };
+    let entries = ripple_proto::awareness::decode_update(answer).expect("awareness update");
+    let states: Vec<(u64, &str)> = entries
+        .iter()
+        .map(|e| (e.client_id, e.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![(a_id, r#"{"n":1}"#)],
+        "the answer holds a's state"
+    );
+}
+
+/// The next y-websocket message on a raw socket (pings and other control frames skipped).
+async fn next_message(
+    raw: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Message {
+    use futures_util::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(WAIT, raw.next())
+            .await
+            .expect("a message in time")
+            .expect("socket open")
+            .expect("frame");
+        if let WsMessage::Binary(bytes) = frame {
+            return Message::decode(bytes).expect("a y-websocket message");
+        }
+    }
 }
 
 async fn expect_close(server: &TestServer, room: &str, frame: WsMessage) -> (u16, String) {
@@ -449,7 +502,8 @@ async fn read_only_clients_cannot_change_the_document() {
     })
     .await
     .expect("read-only client receives updates");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The refused edit was handled (the denial came back) before rw's barrier.
+    barrier(&mut rw).await;
     assert_eq!(text(&rw), "ok");
     let stored = server
         .store
@@ -531,7 +585,15 @@ async fn a_panicking_room_closes_its_connections_and_spares_others() {
 
 #[tokio::test]
 async fn a_failed_commit_closes_the_room_and_nothing_is_broadcast() {
-    let server = faulty_server().await;
+    let window = Duration::from_secs(4);
+    let config = Config {
+        storage_unready_secs: window.as_secs_f64(),
+        ..test_config()
+    };
+    let store = Arc::new(FaultyStore {
+        inner: MemoryStore::new(),
+    });
+    let server = start_with(config, store, None).await;
     let mut writer = server.client("disk-full").await;
     let mut peer = server.client("disk-full").await;
     insert_text(&writer, 0, "lost?");
@@ -542,14 +604,39 @@ async fn a_failed_commit_closes_the_room_and_nothing_is_broadcast() {
         503,
         "readiness reflects storage"
     );
+    let failed_at = tokio::time::Instant::now();
     assert_eq!(http_get(server.addr, "/healthz").await.0, 200);
-    // A healthy room's successful append makes the server ready again.
+    // Another room's successful append says nothing about the failing one: still not ready.
     let c = server.client("healthy-again").await;
     insert_text(&c, 0, "x");
-    server
-        .wait_stat("storage ok", |s| &s.storage_failing, |n| n == 0)
-        .await;
-    assert_eq!(http_get(server.addr, "/readyz").await.0, 200);
+    let mut observer = server.client("healthy-again").await;
+    wait_text(&mut observer, "x").await;
+    let (status, body) = http_get(server.addr, "/readyz").await;
+    if failed_at.elapsed() < window {
+        assert_eq!(
+            status, 503,
+            "a success elsewhere does not clear readiness: {body}"
+        );
+    }
+    // Once the window passes without another failure, the server is ready again.
+    wait_ready(&server, 200, WAIT).await;
+    assert!(failed_at.elapsed() >= window - Duration::from_millis(100));
+}
+
+/// Polls `/readyz` until it answers `want`.
+async fn wait_ready(server: &TestServer, want: u16, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let (status, body) = http_get(server.addr, "/readyz").await;
+        if status == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz still {status} {body:?}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -585,8 +672,10 @@ async fn half_open_connections_are_reaped() {
     server
         .wait_stat("silent one reaped", |s| &s.connections_active, |n| n == 1)
         .await;
-    // The live client answers pings (its reader runs) and stays.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The live client answers pings (its reader runs) and stays. It connected before the
+    // silent one, so had its pongs not counted it would have been reaped by the same check;
+    // its barrier echo proves it was not (a close would have come first).
+    barrier(&mut live).await;
     assert_eq!(server.stat(|s| &s.connections_active), 1);
     assert!(live.observed().closed.is_none());
     insert_text(&live, 0, "still here");

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ripple_core::{MemoryStore, Store};
-use ripple_server::{Config, PersistMode, Server};
+use ripple_server::{Config, Server};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -101,7 +101,9 @@ fn init_logging(dev: bool) {
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    if config.persist == PersistMode::None {
+    // Memory only when nothing is to be kept: a party with its own persisting mode under a
+    // global `persist = "none"` still needs real storage (rooms in "none" parties never touch it).
+    if !config.persists_anything() {
         return Ok(Arc::new(MemoryStore::new()));
     }
     ripple_store::open_store(&config.storage, &config.data_dir, config.durability)
@@ -117,8 +119,9 @@ fn storage_label(spec: &str) -> &str {
 async fn serve(mut config: Config, dev: bool) -> anyhow::Result<()> {
     auth::apply_env(&mut config)?;
     let authorizer = auth::authorizer(&config, dev)?;
-    // One process owns an embedded data directory; held until this function returns.
-    let _dir_lock = if ripple_store::is_embedded(&config.storage) {
+    // One process owns an embedded data directory; held until this function returns. (A
+    // server that keeps nothing opens no directory and takes no lock.)
+    let _dir_lock = if config.persists_anything() && ripple_store::is_embedded(&config.storage) {
         Some(ripple_store::DataDirLock::acquire(&config.data_dir, true)?)
     } else {
         None

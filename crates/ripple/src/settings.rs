@@ -104,5 +104,9 @@ pub fn load(args: &ServeArgs, dev: bool) -> anyhow::Result<Config> {
     if let Some(v) = args.worker_threads {
         config.worker_threads = v;
     }
+    if dev {
+        // A developer mistyping a token should not lock themselves out of their own laptop.
+        config.auth_throttle_attempts = 0;
+    }
     Ok(config)
 }

@@ -175,3 +175,22 @@ pub fn upgrade_request(path: &str) -> String {
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
 }
+
+/// Waits until every frame the server sent `c` before this call has arrived: `c` sends an
+/// awareness update with a fresh value and waits for its echo. A room handles a connection's
+/// messages in order and writes to each socket in order, so anything the room sent `c` while
+/// handling what came earlier arrives before the echo. A negative assertion ("`c` never got
+/// X") after this checks something that really had its chance to arrive, unlike one after a
+/// fixed sleep.
+pub async fn barrier(c: &mut Client) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let state = format!(r#"{{"barrier":{n}}}"#);
+    c.set_awareness(&state).expect("send barrier");
+    let id = c.doc().client_id().get();
+    c.wait_for("barrier echo", WAIT, |o, _| {
+        o.awareness.get(&id) == Some(&state)
+    })
+    .await
+    .expect("the barrier's awareness is echoed");
+}
