@@ -45,6 +45,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+: >"$work/stdout"
+: >"$work/stderr"
 # In a session of its own, so that the whole group (cargo and the server) can be signalled.
 (cd "$work" && exec setsid bash -c "$cmd") >"$work/stdout" 2>"$work/stderr" </dev/null &
 pid=$!
