@@ -161,8 +161,8 @@ pub async fn rooms(args: RoomsArgs) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<40} {:>12} {:>8}  {}",
-        "ROOM", "BYTES", "UPDATES", "LAST CHANGE (UTC)"
+        "{:<40} {:>12} {:>8}  LAST CHANGE (UTC)",
+        "ROOM", "BYTES", "UPDATES"
     )?;
     for r in rooms {
         writeln!(
