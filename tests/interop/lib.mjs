@@ -40,6 +40,21 @@ export function rippleBin () {
     '`cargo build -p ripple` or set RIPPLE_BIN (or INTEROP_SERVER=reference)')
 }
 
+/**
+ * The release binary, for tests whose outcome depends on its speed (RIPPLE_RELEASE_BIN, else
+ * target/release/ripple if it is built), or null when there is none. A RIPPLE_RELEASE_BIN that
+ * does not exist is an error, not a skip.
+ */
+export function releaseBin () {
+  if (process.env.RIPPLE_RELEASE_BIN) {
+    const bin = path.resolve(HERE, process.env.RIPPLE_RELEASE_BIN)
+    if (!fs.existsSync(bin)) throw new Error(`RIPPLE_RELEASE_BIN=${bin} does not exist`)
+    return bin
+  }
+  const release = path.join(REPO_ROOT, 'target', 'release', 'ripple')
+  return fs.existsSync(release) ? release : null
+}
+
 /** Servers of this process still running (for cleanup), and every server ever started (for logs). */
 const servers = new Set()
 const allServers = []
@@ -47,10 +62,11 @@ const STDERR_KEEP = 256 * 1024
 
 /**
  * Start the server under test on a free port with a fresh data dir (or `dataDir`), plus
- * `extraArgs` (the reference stand-in ignores flags it does not know).
+ * `extraArgs` (the reference stand-in ignores flags it does not know), running `bin` (default
+ * `rippleBin()`).
  * Resolves once it printed `ripple listening on http://127.0.0.1:PORT` on stdout.
  */
-export async function startRipple ({ dataDir, extraArgs = [], env = {}, startTimeoutMs = 20000 } = {}) {
+export async function startRipple ({ dataDir, extraArgs = [], env = {}, startTimeoutMs = 20000, bin } = {}) {
   dataDir = dataDir || fs.mkdtempSync(path.join(os.tmpdir(), 'ripple-interop-'))
   const cliArgs = ['serve', '--host', '127.0.0.1', '--port', '0', '--data-dir', dataDir, ...extraArgs]
   let cmd, args
@@ -58,7 +74,7 @@ export async function startRipple ({ dataDir, extraArgs = [], env = {}, startTim
     cmd = process.execPath
     args = [path.join(HERE, 'reference-server.mjs'), ...cliArgs]
   } else {
-    cmd = rippleBin()
+    cmd = bin || rippleBin()
     args = cliArgs
   }
   const proc = spawn(cmd, args, {

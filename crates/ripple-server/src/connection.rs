@@ -45,8 +45,14 @@ const READ_CHUNK: usize = 16 * 1024;
 const READ_BUDGET: usize = 256 * 1024;
 /// A partial-frame buffer larger than this is freed once empty.
 const KEEP_BUFFER: usize = 64 * 1024;
-/// How long the closing handshake may take.
+/// How long writing our close frame may take.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+/// How long a connection we closed keeps reading (and discarding) what the client still
+/// sends, so that our close frame is not destroyed by a reset (see [`finish`]).
+const LINGER: Duration = Duration::from_secs(2);
+/// The least a lingering close discards before it gives up (at least twice the message limit:
+/// a client refused on a frame header may still be sending the whole oversized payload).
+const LINGER_MIN_BYTES: usize = 64 << 20;
 
 /// Phase one of a connection, in its own short-lived task: completes the upgrade, takes the
 /// socket back from hyper, and joins the room. Phase two, the long-lived task, is then spawned
@@ -109,9 +115,14 @@ enum Ended {
     SocketGone,
 }
 
-/// Sends our close frame (if the socket still works) and, when we started the close, waits
-/// briefly for the client's answer: dropping a socket with unread input makes the kernel send a
-/// reset, which can destroy our close frame before the client reads it.
+/// Sends our close frame (if the socket still works), then closes the way RFC 6455 §7.1.1 and
+/// HTTP servers' "lingering close" do. Closing a socket whose input is unread makes the kernel
+/// send a reset, and a reset destroys what the client has not read yet: our close frame. That
+/// is exactly the case of a client refused mid-message (1009 on a frame header): it is still
+/// sending the payload. So after the close frame we shut down our write side (a FIN: the
+/// client's WebSocket sees the end and closes too) and, when we started the close, read and
+/// discard what still arrives, for a bounded time and number of bytes, until the client's
+/// close frame or the end of its stream.
 async fn finish(peer: &Peer, reader: &mut Reader, ended: Ended) {
     if ended == Ended::SocketGone {
         return;
@@ -121,9 +132,16 @@ async fn finish(peer: &Peer, reader: &mut Reader, ended: Ended) {
         _ => code::NORMAL,
     };
     peer.queue_close((echo, ""));
-    let _ = tokio::time::timeout(CLOSE_WAIT, peer.drain()).await;
+    if tokio::time::timeout(CLOSE_WAIT, peer.drain())
+        .await
+        .is_err()
+    {
+        // The client does not even read our close frame: nothing to wait for.
+        return;
+    }
+    peer.shutdown_write();
     if ended == Ended::ByUs {
-        let _ = tokio::time::timeout(CLOSE_WAIT, reader.until_close(peer)).await;
+        let _ = tokio::time::timeout(LINGER, reader.linger(peer)).await;
     }
 }
 
@@ -369,6 +387,11 @@ struct Reader {
     batch: Reassembler,
     /// Bytes of an incomplete frame; empty (and unallocated) between frames.
     partial: Vec<u8>,
+    /// `max_message_bytes`, for the lingering close's budget.
+    limit: usize,
+    /// False once the decoder refused input: the bytes that follow are no longer at a frame
+    /// boundary (e.g. the payload of a refused oversized frame), so they can only be discarded.
+    in_sync: bool,
 }
 
 impl Reader {
@@ -377,7 +400,17 @@ impl Reader {
             decoder: Decoder::new(limit),
             batch: Reassembler::new(limit),
             partial: leftover.to_vec(),
+            limit,
+            in_sync: true,
         }
+    }
+
+    /// Feeds the decoder; an error leaves the stream out of sync for good.
+    fn feed(&mut self, input: &[u8], events: &mut Vec<Event>) -> Result<usize, ReadError> {
+        self.decoder.feed(input, events).map_err(|e| {
+            self.in_sync = false;
+            ReadError::Protocol(e)
+        })
     }
 
     fn has_input(&self) -> bool {
@@ -404,10 +437,7 @@ impl Reader {
             total += n;
             let input = &chunk[..n];
             if self.partial.is_empty() {
-                let used = self
-                    .decoder
-                    .feed(input, events)
-                    .map_err(ReadError::Protocol)?;
+                let used = self.feed(input, events)?;
                 self.keep(&input[used..]);
             } else {
                 self.partial.extend_from_slice(input);
@@ -423,10 +453,10 @@ impl Reader {
 
     /// Decodes from the partial-frame buffer.
     fn decode_partial(&mut self, events: &mut Vec<Event>) -> Result<(), ReadError> {
-        let used = self
-            .decoder
-            .feed(&self.partial, events)
-            .map_err(ReadError::Protocol)?;
+        let partial = std::mem::take(&mut self.partial);
+        let fed = self.feed(&partial, events);
+        self.partial = partial;
+        let used = fed?;
         self.partial.drain(..used);
         if self.partial.is_empty() && self.partial.capacity() > KEEP_BUFFER {
             self.partial = Vec::new();
@@ -450,9 +480,13 @@ impl Reader {
         self.partial.extend_from_slice(rest);
     }
 
-    /// After our close frame: reads and discards until the client's close frame or the end of
-    /// the stream.
-    async fn until_close(&mut self, peer: &Peer) {
+    /// After our close frame: reads until the client's close frame or the end of its stream.
+    /// While the stream is in sync, frames are decoded (and dropped) so the client's close
+    /// frame ends the wait early; once it is not, raw bytes are discarded unread, at most
+    /// `max(2 × max_message_bytes, 64 MiB)` of them. The caller bounds the time.
+    async fn linger(&mut self, peer: &Peer) {
+        let budget = self.limit.saturating_mul(2).max(LINGER_MIN_BYTES);
+        let mut discarded = 0usize;
         let mut events = Vec::new();
         loop {
             if std::future::poll_fn(|cx| peer.stream().poll_read_ready(cx))
@@ -461,14 +495,44 @@ impl Reader {
             {
                 return;
             }
-            events.clear();
-            match self.read(peer, &mut events) {
-                Ok(Input::Open) => {}
-                Ok(Input::Eof) | Err(_) => return,
+            if self.in_sync {
+                events.clear();
+                match self.read(peer, &mut events) {
+                    Ok(Input::Open) => {}
+                    Ok(Input::Eof) | Err(ReadError::Io(_)) => return,
+                    // Now out of sync: the next rounds discard.
+                    Err(ReadError::Protocol(_)) => {}
+                }
+                if events.iter().any(|e| matches!(e, Event::Close(_))) {
+                    return;
+                }
+            } else {
+                // A partial frame of a stream out of sync means nothing.
+                self.partial = Vec::new();
+                match discard(peer) {
+                    Some(n) => discarded = discarded.saturating_add(n),
+                    None => return,
+                }
+                if discarded >= budget {
+                    return;
+                }
             }
-            if events.iter().any(|e| matches!(e, Event::Close(_))) {
-                return;
-            }
+        }
+    }
+}
+
+/// Reads and drops what the socket has now. Returns the bytes dropped, or `None` at the end of
+/// the stream or on an error.
+fn discard(peer: &Peer) -> Option<usize> {
+    let mut chunk = [0u8; READ_CHUNK];
+    let mut total = 0;
+    loop {
+        match peer.stream().try_read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(total),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
         }
     }
 }

@@ -207,6 +207,12 @@ fn websocket_handshake(
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err((StatusCode::BAD_REQUEST, "Sec-WebSocket-Key missing"));
     };
+    if !is_websocket_key(key.as_bytes()) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be the base64 of 16 bytes (24 characters ending in ==)",
+        ));
+    }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
         return Err((
@@ -217,9 +223,35 @@ fn websocket_handshake(
     Ok((accept, on_upgrade))
 }
 
+/// Whether `key` is what RFC 6455 §4.2.1 asks for: the base64 of exactly 16 bytes, i.e. 22
+/// characters of the base64 alphabet and `==`. (The two spare bits of the last character are not
+/// checked: a lenient decoder still gets 16 bytes out of it.)
+fn is_websocket_key(key: &[u8]) -> bool {
+    let is_b64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24 && key[..22].iter().all(is_b64) && &key[22..] == b"=="
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websocket_keys_must_be_base64_of_16_bytes() {
+        assert!(is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(is_websocket_key(b"AAAAAAAAAAAAAAAAAAAA+/==")); // all of the alphabet's specials
+        for bad in [
+            &b""[..],
+            b"x",
+            b"eHl6",                        // 3 bytes
+            b"dGhlIHNhbXBsZSBub25jZQ",      // 16 bytes, padding missing
+            b"dGhlIHNhbXBsZSBub25jZQ==x",   // too long
+            b"dGhlIHNhbXBsZSBub25jZSE=",    // 17 bytes
+            b"dGhlIHNhbXBsZSBub25j*Q==",    // not base64
+            b"dGhlIHNhbXBsZSBub25jZQ=\x00", // padding wrong
+        ] {
+            assert!(!is_websocket_key(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn paths_map_to_party_and_raw_room() {

@@ -331,6 +331,13 @@ impl Peer {
         code
     }
 
+    /// Shuts down the sending direction (the TCP FIN), after the close frame is written. Errors
+    /// are ignored: the socket may already be gone, and the connection is ending either way.
+    pub(crate) fn shutdown_write(&self) {
+        // tokio's shutdown wants the stream mutably; the room may still hold this peer.
+        let _ = socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Write);
+    }
+
     /// Resolves once the queue is written out (or the socket failed).
     pub(crate) async fn drain(&self) {
         std::future::poll_fn(|cx| {

@@ -781,42 +781,7 @@ impl RawWs {
 
     /// Reads server frames until one with `opcode` arrives; returns its payload.
     async fn until(&mut self, opcode: u8) -> Vec<u8> {
-        use tokio::io::AsyncReadExt;
-        let read = async {
-            loop {
-                if self.buf.len() >= 2 {
-                    let (len, at) = match self.buf[1] & 0x7f {
-                        126 if self.buf.len() >= 4 => {
-                            (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-                        }
-                        127 if self.buf.len() >= 10 => {
-                            let mut n = [0u8; 8];
-                            n.copy_from_slice(&self.buf[2..10]);
-                            (u64::from_be_bytes(n) as usize, 10)
-                        }
-                        n if n < 126 => (n as usize, 2),
-                        _ => (usize::MAX, 0),
-                    };
-                    assert_eq!(self.buf[1] & 0x80, 0, "server frames are never masked");
-                    if len != usize::MAX && self.buf.len() >= at + len {
-                        let op = self.buf[0] & 0x0f;
-                        let payload = self.buf[at..at + len].to_vec();
-                        self.buf.drain(..at + len);
-                        if op == opcode {
-                            return payload;
-                        }
-                        continue;
-                    }
-                }
-                let mut chunk = [0u8; 4096];
-                let n = self.stream.read(&mut chunk).await.expect("read");
-                assert!(n > 0, "socket ended before opcode {opcode:#x} arrived");
-                self.buf.extend_from_slice(&chunk[..n]);
-            }
-        };
-        tokio::time::timeout(WAIT, read)
-            .await
-            .expect("frame in time")
+        read_frame_until(&mut self.stream, &mut self.buf, opcode).await
     }
 
     /// Reads until the server's close frame; returns its code.
@@ -950,4 +915,141 @@ async fn a_client_that_pings_without_reading_is_closed_not_buffered_for() {
     server
         .wait_stat("connection gone", |s| &s.connections_active, |n| n == 0)
         .await;
+}
+
+/// Reads server frames from `stream` (after what is already in `buf`) until one with `opcode`
+/// arrives; returns its payload.
+async fn read_frame_until(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+    opcode: u8,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        loop {
+            if buf.len() >= 2 {
+                let (len, at) = match buf[1] & 0x7f {
+                    126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                    127 if buf.len() >= 10 => {
+                        let mut n = [0u8; 8];
+                        n.copy_from_slice(&buf[2..10]);
+                        (u64::from_be_bytes(n) as usize, 10)
+                    }
+                    n if n < 126 => (n as usize, 2),
+                    _ => (usize::MAX, 0),
+                };
+                assert_eq!(buf[1] & 0x80, 0, "server frames are never masked");
+                if len != usize::MAX && buf.len() >= at + len {
+                    let op = buf[0] & 0x0f;
+                    let payload = buf[at..at + len].to_vec();
+                    buf.drain(..at + len);
+                    if op == opcode {
+                        return payload;
+                    }
+                    continue;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "socket ended before opcode {opcode:#x} arrived");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("frame in time")
+}
+
+#[tokio::test]
+async fn an_oversized_message_still_being_sent_gets_its_1009_close_frame_and_a_fin() {
+    // The server refuses the frame on its header while the client is still sending the payload.
+    // Closing with that payload unread would make the kernel reset the connection and destroy
+    // the close frame (the client saw 1006); a lingering close delivers it every time.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LIMIT: usize = 1 << 20;
+    const SENT: usize = 8 << 20;
+    let config = Config {
+        max_message_bytes: LIMIT,
+        ..test_config()
+    };
+    let server = start(config).await;
+    for attempt in 0..3 {
+        let RawWs { stream, mut buf } = RawWs::connect(&server, "too-big").await;
+        let (mut read_half, mut write_half) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            let mut head = ripple_proto::ws::Head::new(0x2, SENT).as_bytes().to_vec();
+            head[1] |= 0x80;
+            head.extend_from_slice(&[0; 4]);
+            // The server stops taking bytes at some point; a failed write is expected then.
+            if write_half.write_all(&head).await.is_err() {
+                return write_half;
+            }
+            let chunk = vec![0u8; 64 * 1024];
+            for _ in 0..SENT / chunk.len() {
+                if write_half.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            write_half
+        });
+        let close = read_frame_until(&mut read_half, &mut buf, 0x8).await;
+        assert_eq!(
+            u16::from_be_bytes([close[0], close[1]]),
+            1009,
+            "attempt {attempt}"
+        );
+        // After the close frame the server shuts down its side: an orderly end, not a reset.
+        let mut rest = [0u8; 64];
+        let end = tokio::time::timeout(WAIT, read_half.read(&mut rest))
+            .await
+            .expect("the server ends its side in time");
+        assert!(
+            matches!(end, Ok(0)),
+            "attempt {attempt}: wanted end of stream, got {end:?}"
+        );
+        drop(writer.await.expect("writer"));
+    }
+}
+
+#[tokio::test]
+async fn websocket_keys_that_are_not_base64_of_16_bytes_get_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(test_config()).await;
+    let good = "dGhlIHNhbXBsZSBub25jZQ==";
+    for key in [
+        "x",
+        "",
+        "eHl6",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25jZSE=",
+    ] {
+        let req = upgrade_request("/keys").replace(good, key);
+        assert!(req.contains(&format!("Sec-WebSocket-Key: {key}\r\n")));
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        stream.write_all(req.as_bytes()).await.expect("request");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(WAIT, async {
+            let mut chunk = [0u8; 1024];
+            // Headers and the short body come together; stop once the reason is in.
+            while !answer.windows(4).any(|w| w == b"\r\n\r\n")
+                || !String::from_utf8_lossy(&answer).contains("16 bytes")
+            {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        read.await.expect("answer in time");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "key {key:?}: {answer}");
+        assert!(
+            answer.contains("Sec-WebSocket-Key must be the base64 of 16 bytes"),
+            "key {key:?}: {answer}"
+        );
+    }
+    // The RFC's example key is accepted.
+    let _ = RawWs::connect(&server, "keys").await;
 }

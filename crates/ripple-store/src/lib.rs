@@ -52,25 +52,38 @@ pub(crate) const MAX_BATCH_REQUESTS: usize = 512;
 pub(crate) const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// Helpers for tests that need a real database, shared by this workspace's test suites.
+///
+/// Such tests are marked `#[ignore = "needs Postgres (RIPPLE_TEST_DATABASE_URL)"]`, so that a
+/// plain `cargo test` reports them as ignored rather than as passes; `scripts/test.sh` runs them
+/// (`-- --include-ignored`) when `RIPPLE_TEST_DATABASE_URL` is set, and fails when it is not
+/// but `RIPPLE_REQUIRE_SERVICES=1` (as in CI).
 pub mod testing {
-    /// The Postgres URL tests should use (`RIPPLE_TEST_DATABASE_URL`), or `None` to skip.
+    /// Why a Postgres test is ignored; the one text every such `#[ignore]` carries.
+    pub const NEEDS_POSTGRES: &str = "needs Postgres (RIPPLE_TEST_DATABASE_URL)";
+
+    /// The Postgres URL tests should use (`RIPPLE_TEST_DATABASE_URL`).
     ///
     /// # Panics
-    /// When the variable is unset and `RIPPLE_REQUIRE_SERVICES=1` (as in CI): a missing service
-    /// is a failure there, not a skip.
-    pub fn database_url() -> Option<String> {
+    /// When the variable is unset or empty: a test that asked for Postgres was run on purpose
+    /// (`--include-ignored`), and passing without one would be a lie.
+    pub fn database_url() -> String {
         match std::env::var("RIPPLE_TEST_DATABASE_URL") {
-            Ok(url) if !url.is_empty() => Some(url),
-            _ => {
-                assert!(
-                    std::env::var("RIPPLE_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                    "RIPPLE_REQUIRE_SERVICES=1 but RIPPLE_TEST_DATABASE_URL is not set"
-                );
-                eprintln!("skipping: RIPPLE_TEST_DATABASE_URL is not set");
-                None
-            }
+            Ok(url) if !url.is_empty() => url,
+            _ => panic!(
+                "this test {NEEDS_POSTGRES}: set RIPPLE_TEST_DATABASE_URL, e.g. \
+                 postgres://postgres@127.0.0.1:5432/test (plain `cargo test` skips it as ignored)"
+            ),
         }
     }
+}
+
+/// Whether opening storage may create it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenMode {
+    /// The server: create the data directory, database and tables as needed.
+    CreateIfMissing,
+    /// Maintenance: existing Ripple storage only.
+    ExistingOnly,
 }
 
 /// An opened backend, with the maintenance operations the CLI needs next to the [`Store`] seam.
@@ -101,16 +114,40 @@ impl Backend {
     /// - `sqlite` or empty: SQLite in `data_dir/ripple.db`;
     /// - `memory`: an in-memory store.
     ///
-    /// Anything else is refused with [`StoreError::Unavailable`].
+    /// Anything else is refused with [`StoreError::Unavailable`]. Missing storage is created
+    /// (the data directory, the database file, the schema and tables).
     pub async fn open(
         spec: &str,
         data_dir: &Path,
         durability: Durability,
     ) -> Result<Self, StoreError> {
+        Self::open_with(spec, data_dir, durability, OpenMode::CreateIfMissing).await
+    }
+
+    /// Opens the backend named by `spec` as [`Backend::open`] does, but only storage that
+    /// already holds Ripple's tables: what the maintenance commands use, so that a mistyped
+    /// `--data-dir` or URL is an error naming it rather than a new, empty store. The memory
+    /// store holds nothing between processes and is refused too.
+    pub async fn open_existing(
+        spec: &str,
+        data_dir: &Path,
+        durability: Durability,
+    ) -> Result<Self, StoreError> {
+        Self::open_with(spec, data_dir, durability, OpenMode::ExistingOnly).await
+    }
+
+    async fn open_with(
+        spec: &str,
+        data_dir: &Path,
+        durability: Durability,
+        mode: OpenMode,
+    ) -> Result<Self, StoreError> {
+        let create = mode == OpenMode::CreateIfMissing;
         let spec = spec.trim();
         if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
             let options = PostgresOptions {
                 durability,
+                create,
                 ..PostgresOptions::default()
             };
             let store = PostgresStore::connect_with_options(spec, &options).await?;
@@ -118,14 +155,24 @@ impl Backend {
         }
         match spec {
             "" | "sqlite" => {
-                // Opening creates the directory and runs migrations: blocking file I/O.
+                // Opening may create the directory, and runs migrations: blocking file I/O.
                 let dir = data_dir.to_path_buf();
-                let store =
-                    tokio::task::spawn_blocking(move || SqliteStore::open(&dir, durability))
-                        .await
-                        .map_err(|e| StoreError::Unavailable(format!("sqlite open: {e}")))??;
+                let store = tokio::task::spawn_blocking(move || {
+                    if create {
+                        SqliteStore::open(&dir, durability)
+                    } else {
+                        SqliteStore::open_existing(&dir, durability)
+                    }
+                })
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("sqlite open: {e}")))??;
                 Ok(Backend::Sqlite(Arc::new(store)))
             }
+            "memory" if !create => Err(StoreError::Unavailable(
+                "storage is \"memory\": it keeps nothing between processes, so there are no \
+                 stored rooms to work on"
+                    .into(),
+            )),
             "memory" => Ok(Backend::Memory(Arc::new(MemoryStore::new()))),
             other => {
                 // Print only the scheme: a mistyped URL may still carry a password.

@@ -59,6 +59,9 @@ pub struct PostgresOptions {
     pub pool_size: usize,
     /// Limit on establishing a connection, used unless the URL sets `connect_timeout`.
     pub connect_timeout: Duration,
+    /// Create the schema and tables when they are missing (the server). `false` (maintenance
+    /// commands) refuses a database without Ripple's tables instead of creating empty ones.
+    pub create: bool,
 }
 
 impl Default for PostgresOptions {
@@ -68,6 +71,7 @@ impl Default for PostgresOptions {
             durability: Durability::Strict,
             pool_size: 8,
             connect_timeout: Duration::from_secs(5),
+            create: true,
         }
     }
 }
@@ -392,7 +396,7 @@ impl PostgresStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| StoreError::Unavailable(format!("postgres pool: {e}")))?;
-        migrate(&pool, &options.schema).await?;
+        migrate(&pool, &options.schema, options.create).await?;
 
         let sql = Arc::new(Sql::new(&options.schema));
         let commits = Arc::new(AtomicU64::new(0));
@@ -752,12 +756,27 @@ impl Store for PostgresStore {
     }
 }
 
-async fn migrate(pool: &Pool, schema: &str) -> Result<(), StoreError> {
+async fn migrate(pool: &Pool, schema: &str, create: bool) -> Result<(), StoreError> {
     let mut client = pool.get().await.map_err(pool_err)?;
     let tx = client.transaction().await.map_err(pg_err)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(pg_err)?;
+    if !create {
+        // A maintenance command pointed at the wrong database must say so, not create an
+        // empty Ripple schema there and report no rooms.
+        let table = format!("\"{schema}\".schema_version");
+        let found = tx
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+            .await
+            .map_err(pg_err)?;
+        if !column::<bool>(&found, 0)? {
+            return Err(StoreError::Unavailable(format!(
+                "no Ripple storage in this Postgres database: schema \"{schema}\" has no \
+                 Ripple tables (`ripple serve` with this storage creates them)"
+            )));
+        }
+    }
     // Checked first so that a pre-created schema works without the CREATE privilege.
     let exists = tx
         .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])

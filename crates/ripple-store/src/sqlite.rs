@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ripple_core::{BoxFuture, RoomInfo, RoomKey, Store, StoreError, StoredRoom};
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::fsck::{self, RawRecord, Report, SalvageReport};
@@ -214,8 +214,51 @@ impl SqliteStore {
             StoreError::Unavailable(format!("creating {}: {e}", data_dir.display()))
         })?;
         let path = data_dir.join(DB_FILE);
-        let mut conn = open_writer(&path, durability)?;
+        let mut conn = open_writer(&path, durability, true)?;
         migrate(&mut conn)?;
+        Self::start(path, conn, durability)
+    }
+
+    /// Opens an existing `data_dir/ripple.db` only (the maintenance commands): a missing
+    /// directory or database file, or a file without Ripple's tables, is an error naming the
+    /// path, and nothing is created. Blocking, like [`SqliteStore::open`].
+    pub fn open_existing(data_dir: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        if !data_dir.is_dir() {
+            return Err(StoreError::Unavailable(format!(
+                "no Ripple storage at {}: the directory does not exist (check --data-dir / \
+                 data_dir)",
+                data_dir.display()
+            )));
+        }
+        if !path.is_file() {
+            return Err(StoreError::Unavailable(format!(
+                "no Ripple storage at {}: {} does not exist (check --data-dir / data_dir)",
+                data_dir.display(),
+                path.display()
+            )));
+        }
+        let mut conn = open_writer(&path, durability, false)?;
+        let ours: bool = conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+                 WHERE type = 'table' AND name = 'schema_version')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(unavailable)?;
+        if !ours {
+            return Err(StoreError::Unavailable(format!(
+                "{} is not a Ripple database (it has no schema_version table)",
+                path.display()
+            )));
+        }
+        migrate(&mut conn)?;
+        Self::start(path, conn, durability)
+    }
+
+    /// Starts the readers and the writer thread on a migrated database.
+    fn start(path: PathBuf, conn: Connection, durability: Durability) -> Result<Self, StoreError> {
         let readers = Arc::new(Readers {
             path: path.clone(),
             idle: Mutex::new(Vec::new()),
@@ -302,7 +345,7 @@ impl SqliteStore {
         through_seq: u64,
         stop_after: CompactStep,
     ) -> Result<(), StoreError> {
-        let mut conn = open_writer(&self.path, self.durability)?;
+        let mut conn = open_writer(&self.path, self.durability, false)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(unavailable)?;
@@ -358,8 +401,19 @@ impl Store for SqliteStore {
     }
 }
 
-fn open_writer(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)
+fn open_writer(
+    path: &Path,
+    durability: Durability,
+    create: bool,
+) -> Result<Connection, StoreError> {
+    // `Connection::open`'s flags, less CREATE when only an existing file will do.
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| StoreError::Unavailable(format!("opening {}: {e}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
     let mode: String = conn

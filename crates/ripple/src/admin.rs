@@ -1,6 +1,8 @@
 //! Commands that work on stored rooms directly (no server needed): `rooms`, `export`,
-//! `import`, `compact`, `fsck`. They open the storage the configuration names, exactly as
-//! `ripple serve` would.
+//! `import`, `compact`, `fsck`. They open the storage the configuration names, as `ripple
+//! serve` would, but only if it exists: a mistyped `--data-dir` or URL is an error naming it,
+//! never a new empty store. Rooms are named as `ripple rooms` prints them (`PARTY/ROOM`), or
+//! as `ROOM` with `--party`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,30 +12,31 @@ use bytes::Bytes;
 use clap::Args;
 use ripple_core::room::{fold, Room};
 use ripple_core::RoomKey;
-use ripple_store::Backend;
+use ripple_store::{Backend, Durability};
 use yrs::types::ToJson;
 use yrs::{GetString, ReadTxn, Transact};
 
-use crate::settings::{self, ServeArgs};
+use crate::settings::{self, StorageArgs};
 
 /// Names a room.
 #[derive(Debug, Args)]
 pub struct RoomArg {
-    /// The room id (the raw path segment clients use).
+    /// The room: PARTY/ROOM as `ripple rooms` prints it, or the room id alone (the raw path
+    /// segment clients use) in the party of --party.
     pub room: String,
-    /// The party (PartyKit's `parties/PARTY/...`).
-    #[arg(long, default_value = ripple_core::DEFAULT_PARTY)]
-    pub party: String,
+    /// The party of a ROOM given without one (PartyKit's `parties/PARTY/...`) [default: main].
+    #[arg(long)]
+    pub party: Option<String>,
 }
 
 /// Optionally names a room.
 #[derive(Debug, Args)]
 pub struct MaybeRoomArg {
-    /// The room id; all rooms when left out.
+    /// The room (PARTY/ROOM, or ROOM with --party); all rooms when left out.
     pub room: Option<String>,
-    /// The party of ROOM.
-    #[arg(long, default_value = ripple_core::DEFAULT_PARTY)]
-    pub party: String,
+    /// The party of a ROOM given without one [default: main].
+    #[arg(long, requires = "room")]
+    pub party: Option<String>,
 }
 
 /// `ripple export`.
@@ -52,7 +55,7 @@ pub struct ExportArgs {
     #[arg(long, short)]
     out: Option<PathBuf>,
     #[command(flatten)]
-    settings: ServeArgs,
+    settings: StorageArgs,
 }
 
 /// `ripple import`.
@@ -63,7 +66,7 @@ pub struct ImportArgs {
     /// A file holding one Yjs v1 update (what `ripple export` writes).
     file: PathBuf,
     #[command(flatten)]
-    settings: ServeArgs,
+    settings: StorageArgs,
 }
 
 /// `ripple compact` and `ripple fsck`.
@@ -76,19 +79,24 @@ pub struct MaintainArgs {
     #[arg(long)]
     salvage: bool,
     #[command(flatten)]
-    settings: ServeArgs,
+    settings: StorageArgs,
 }
 
 /// `ripple rooms`.
 #[derive(Debug, Args)]
 pub struct RoomsArgs {
+    /// Print JSON lines instead of a table: {"room", "party", "id", "bytes", "updates",
+    /// "last_change" (RFC 3339, UTC), "last_change_ms" (Unix milliseconds)}.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
-    settings: ServeArgs,
+    settings: StorageArgs,
 }
 
-async fn open(settings: &ServeArgs) -> anyhow::Result<(Backend, usize)> {
-    let config = settings::load(settings, false)?;
-    let backend = Backend::open(&config.storage, &config.data_dir, config.durability)
+async fn open(settings: &StorageArgs) -> anyhow::Result<(Backend, usize)> {
+    let config = settings::load_storage(settings)?;
+    // Maintenance writes (import, compact, salvage) are rare: always synced.
+    let backend = Backend::open_existing(&config.storage, &config.data_dir, Durability::Strict)
         .await
         .context("opening storage")?;
     Ok((backend, config.max_room_id_len))
@@ -98,9 +106,9 @@ async fn open(settings: &ServeArgs) -> anyhow::Result<(Backend, usize)> {
 /// data directory must not be in use by a running server, which owns it: the command refuses,
 /// naming that process, rather than race its sequence numbers and compactions.
 async fn open_for_writing(
-    settings: &ServeArgs,
+    settings: &StorageArgs,
 ) -> anyhow::Result<(Backend, usize, Option<ripple_store::DataDirLock>)> {
-    let config = settings::load(settings, false)?;
+    let config = settings::load_storage(settings)?;
     let lock = if ripple_store::is_embedded(&config.storage) {
         Some(ripple_store::DataDirLock::acquire(&config.data_dir, false)?)
     } else {
@@ -110,8 +118,39 @@ async fn open_for_writing(
     Ok((backend, max_len, lock))
 }
 
-fn key(party: &str, room: &str, max_len: usize) -> anyhow::Result<RoomKey> {
+/// The room `room` names: `PARTY/ROOM` (what `ripple rooms` prints; room ids never contain
+/// `/`), or `ROOM` in `party` (default `main`).
+fn key(room: &str, party: Option<&str>, max_len: usize) -> anyhow::Result<RoomKey> {
+    let (party, room) = match (room.split_once('/'), party) {
+        (Some((p, r)), None) => (p, r),
+        (Some(_), Some(party)) => bail!(
+            "{room:?} already names its party; give PARTY/ROOM or ROOM --party {party}, not both"
+        ),
+        (None, party) => (party.unwrap_or(ripple_core::DEFAULT_PARTY), room),
+    };
     RoomKey::new(party, room, max_len).context("invalid room id")
+}
+
+/// `ms` (Unix milliseconds) as UTC in RFC 3339 form, to the second: `2026-12-01T09:41:07Z`.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 /// Lists stored rooms.
@@ -120,19 +159,34 @@ pub async fn rooms(args: RoomsArgs) -> anyhow::Result<()> {
     let mut rooms = backend.store().list().await?;
     rooms.sort_by(|a, b| a.key.cmp(&b.key));
     let mut out = std::io::stdout().lock();
+    if args.json {
+        for r in rooms {
+            let line = serde_json::json!({
+                "room": r.key.to_string(),
+                "party": r.key.party(),
+                "id": r.key.room(),
+                "bytes": r.stored_bytes,
+                "updates": r.update_count,
+                "last_change": utc(r.last_change_ms),
+                "last_change_ms": r.last_change_ms,
+            });
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
     writeln!(
         out,
-        "{:<40} {:>12} {:>8} {:>14}",
-        "ROOM", "BYTES", "UPDATES", "LAST CHANGE (ms)"
+        "{:<40} {:>12} {:>8}  LAST CHANGE (UTC)",
+        "ROOM", "BYTES", "UPDATES"
     )?;
     for r in rooms {
         writeln!(
             out,
-            "{:<40} {:>12} {:>8} {:>14}",
+            "{:<40} {:>12} {:>8}  {}",
             r.key.to_string(),
             r.stored_bytes,
             r.update_count,
-            r.last_change_ms
+            utc(r.last_change_ms)
         )?;
     }
     Ok(())
@@ -141,7 +195,7 @@ pub async fn rooms(args: RoomsArgs) -> anyhow::Result<()> {
 /// Writes a room's state as a Yjs update or JSON.
 pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     let (backend, max_len) = open(&args.settings).await?;
-    let key = key(&args.room.party, &args.room.room, max_len)?;
+    let key = key(&args.room.room, args.room.party.as_deref(), max_len)?;
     let stored = backend.store().load(&key).await?;
     if stored.is_empty() {
         bail!("room {key} has no stored state");
@@ -223,7 +277,7 @@ fn any_to_json(any: &yrs::Any) -> anyhow::Result<serde_json::Value> {
 /// Appends a Yjs update to a room.
 pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let (backend, max_len, _lock) = open_for_writing(&args.settings).await?;
-    let key = key(&args.room.party, &args.room.room, max_len)?;
+    let key = key(&args.room.room, args.room.party.as_deref(), max_len)?;
     let bytes =
         std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     if let Err(e) = ripple_core::room::decode_untrusted(&bytes) {
@@ -261,7 +315,7 @@ async fn room_keys(
     max_len: usize,
 ) -> anyhow::Result<Vec<RoomKey>> {
     Ok(match &arg.room {
-        Some(room) => vec![key(&arg.party, room, max_len)?],
+        Some(room) => vec![key(room, arg.party.as_deref(), max_len)?],
         None => backend
             .store()
             .list()
@@ -317,7 +371,7 @@ pub async fn fsck(args: MaintainArgs) -> anyhow::Result<bool> {
         (backend, max_len, None)
     };
     let one = match &args.room.room {
-        Some(room) => Some(key(&args.room.party, room, max_len)?),
+        Some(room) => Some(key(room, args.room.party.as_deref(), max_len)?),
         None => None,
     };
     let report = backend.check(one.as_ref()).await?;
@@ -338,7 +392,7 @@ pub async fn fsck(args: MaintainArgs) -> anyhow::Result<bool> {
         .map(|(p, r)| ((*p).to_owned(), (*r).to_owned()))
         .collect();
     for (party, room) in rooms {
-        let key = key(&party, &room, max_len)?;
+        let key = RoomKey::new(&party, &room, max_len).context("invalid room id")?;
         let salvaged = backend.salvage(&key).await?;
         println!(
             "{key}: moved {} records into quarantine, kept {}",
@@ -347,4 +401,29 @@ pub async fn fsck(args: MaintainArgs) -> anyhow::Result<bool> {
         );
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_are_named_as_ripple_rooms_prints_them_or_with_party() {
+        let k = |room: &str, party: Option<&str>| key(room, party, 256).map(|k| k.to_string());
+        assert_eq!(k("main/doc-42", None).ok().as_deref(), Some("main/doc-42"));
+        assert_eq!(k("doc-42", None).ok().as_deref(), Some("main/doc-42"));
+        assert_eq!(k("doc-42", Some("p")).ok().as_deref(), Some("p/doc-42"));
+        assert_eq!(k("p/doc-42", None).ok().as_deref(), Some("p/doc-42"));
+        assert!(k("p/doc-42", Some("q")).is_err(), "two parties");
+        assert!(k("a/b/c", None).is_err(), "a room id has no /");
+        assert!(k("/doc", None).is_err(), "empty party");
+    }
+
+    #[test]
+    fn last_changes_read_as_utc_times() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_796_118_067_999), "2026-12-01T09:41:07Z");
+        assert_eq!(utc(-1), "1969-12-31T23:59:59Z");
+    }
 }

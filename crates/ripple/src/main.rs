@@ -14,9 +14,9 @@ use clap::{Parser, Subcommand};
 use ripple_core::{MemoryStore, Store};
 use ripple_server::{Config, Server};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
-use settings::ServeArgs;
+use settings::{DevArgs, ServeArgs};
 
 /// Ripple: a real-time collaboration server for Yjs.
 ///
@@ -31,8 +31,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a local development server on 127.0.0.1:1999 with state in ./.ripple/.
-    Dev(ServeArgs),
+    /// Run a local development server on 127.0.0.1:1999 with state in ./.ripple/, admitting every
+    /// client (only `--host` moves it off 127.0.0.1, with a warning).
+    Dev(DevArgs),
     /// Run the production server (settings from ripple.toml, RIPPLE_* variables and flags).
     Serve(ServeArgs),
     /// Print one HS256 token for development and scripts (alone on the last line of stdout).
@@ -62,8 +63,17 @@ fn runtime(worker_threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Dev(args) => run_server(&args, true),
-        Command::Serve(args) => run_server(&args, false),
+        Command::Dev(args) => {
+            init_logging(true);
+            if std::env::var_os("RIPPLE_HOST").is_some() && args.host.is_none() {
+                info!("RIPPLE_HOST is for `ripple serve`; `ripple dev` binds 127.0.0.1 unless --host is given");
+            }
+            run_server(settings::load_dev(&args)?, true)
+        }
+        Command::Serve(args) => {
+            init_logging(false);
+            run_server(settings::load_serve(&args)?, false)
+        }
         Command::Token(args) => token::run(args),
         Command::Rooms(args) => runtime(0)?.block_on(admin::rooms(args)),
         Command::Export(args) => runtime(0)?.block_on(admin::export(args)),
@@ -79,9 +89,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `dev` and `serve`: the configuration decides the runtime's size, so it is read first.
-fn run_server(args: &ServeArgs, dev: bool) -> anyhow::Result<()> {
-    init_logging(dev);
-    let config = settings::load(args, dev)?;
+fn run_server(config: Config, dev: bool) -> anyhow::Result<()> {
     runtime(config.worker_threads)?.block_on(serve(config, dev))
 }
 
@@ -139,6 +147,16 @@ async fn serve(mut config: Config, dev: bool) -> anyhow::Result<()> {
         "ripple {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    if dev && !local.ip().is_loopback() && matches!(config.auth.mode, ripple_auth::AuthConfig::None)
+    {
+        // `serve` warns about open auth anyway; `dev` says it quietly, so say it loudly here.
+        warn!(
+            "ripple dev is listening on {local}, beyond this machine, with AUTHENTICATION OFF: \
+             anyone who can reach this address can read and write every room. Use `ripple serve` \
+             with auth to share a server, or leave out --host to stay on 127.0.0.1."
+        );
+    }
+    let shutdown = shutdown_signal();
     // The one line on stdout: scripts and tests wait for it.
     println!("ripple listening on http://{local}");
     std::io::stdout().flush().ok();
@@ -149,32 +167,43 @@ async fn serve(mut config: Config, dev: bool) -> anyhow::Result<()> {
     }
     let mut server = Server::new(config, store);
     server.auth = authorizer;
-    server
-        .run(listener, shutdown_signal())
-        .await
-        .context("serving")?;
+    server.run(listener, shutdown).await.context("serving")?;
     info!("stopped");
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM (`docker stop` sends SIGTERM).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT or SIGTERM (`docker stop` sends SIGTERM). The handlers are installed
+/// when this is called, not when the future is first polled: a script that signals the server
+/// right after its listening line must stop it, not kill it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let streams = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::interrupt()).ok(),
+            signal(SignalKind::terminate()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            async fn recv(s: Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            let (int, term) = streams;
+            tokio::select! {
+                _ = recv(int) => {},
+                _ = recv(term) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

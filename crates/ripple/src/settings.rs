@@ -1,6 +1,9 @@
-//! Configuration layering for `dev` and `serve`: defaults, then `ripple.toml` (the `--config`
-//! file, or `./ripple.toml` if present), then `RIPPLE_*` environment variables and flags
-//! (clap reads both; a flag beats its variable).
+//! Configuration layering: defaults, then `ripple.toml` (the `--config` file, or
+//! `./ripple.toml` if present), then `RIPPLE_*` environment variables and flags (clap reads
+//! both; a flag beats its variable). Each command takes only the flags it uses: the storage
+//! flags ([`StorageArgs`]) for every command that opens storage, the server flags
+//! ([`ServerArgs`]) on top for `dev` and `serve`. `dev` binds 127.0.0.1 unless its `--host`
+//! flag says otherwise (neither `RIPPLE_HOST` nor ripple.toml moves it).
 
 use std::path::{Path, PathBuf};
 
@@ -8,24 +11,29 @@ use anyhow::Context;
 use clap::Args;
 use ripple_server::{Config, Durability, PersistMode};
 
-/// Flags shared by `dev` and `serve`. Each also reads the environment variable named.
+/// Where stored rooms are: the flags of every command that opens storage (`dev`, `serve` and
+/// the maintenance commands).
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub struct StorageArgs {
     /// Configuration file (default: ./ripple.toml if it exists).
     #[arg(long, env = "RIPPLE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to bind [default: 127.0.0.1].
-    #[arg(long, env = "RIPPLE_HOST")]
-    pub host: Option<String>,
-    /// Port to bind; 0 picks a free one [default: 1999].
-    #[arg(long, short, env = "RIPPLE_PORT")]
-    pub port: Option<u16>,
     /// Directory for embedded state [default: .ripple].
     #[arg(long, env = "RIPPLE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Storage: `sqlite` (in the data dir), `postgres://...`, or `memory` [default: sqlite].
     #[arg(long, env = "RIPPLE_STORAGE")]
     pub storage: Option<String>,
+}
+
+/// The server's flags, shared by `dev` and `serve` (each adds its own `--host`).
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Port to bind; 0 picks a free one [default: 1999].
+    #[arg(long, short, env = "RIPPLE_PORT")]
+    pub port: Option<u16>,
     /// Persistence mode: snapshot, history or none [default: snapshot].
     #[arg(long, env = "RIPPLE_PERSIST", value_parser = parse_persist)]
     pub persist: Option<PersistMode>,
@@ -41,6 +49,28 @@ pub struct ServeArgs {
     /// Threads for connections and rooms; 0 = one per core [default: 0].
     #[arg(long, env = "RIPPLE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+}
+
+/// `ripple serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to bind [default: 127.0.0.1; 0.0.0.0 for every interface].
+    #[arg(long, env = "RIPPLE_HOST")]
+    pub host: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `ripple dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address to bind [default: 127.0.0.1]. Only this flag changes it (not RIPPLE_HOST or
+    /// ripple.toml's host): dev admits every client, so listening beyond this machine must be
+    /// asked for, and is warned about.
+    #[arg(long)]
+    pub host: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 fn parse_persist(s: &str) -> Result<PersistMode, String> {
@@ -66,28 +96,45 @@ fn read_file(path: &Path) -> anyhow::Result<Config> {
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
-/// The effective configuration.
-pub fn load(args: &ServeArgs, dev: bool) -> anyhow::Result<Config> {
+/// The configuration file (or the defaults) with the storage flags applied: all that the
+/// maintenance commands need.
+pub fn load_storage(args: &StorageArgs) -> anyhow::Result<Config> {
     let mut config = match &args.config {
         Some(path) => read_file(path)?,
         None if Path::new("ripple.toml").exists() => read_file(Path::new("ripple.toml"))?,
         None => Config::default(),
     };
-    if dev {
-        // `ripple dev` is local by definition.
-        config.host = "127.0.0.1".into();
-    }
-    if let Some(v) = &args.host {
-        config.host = v.clone();
-    }
-    if let Some(v) = args.port {
-        config.port = v;
-    }
     if let Some(v) = &args.data_dir {
         config.data_dir = v.clone();
     }
     if let Some(v) = &args.storage {
         config.storage = v.clone();
+    }
+    Ok(config)
+}
+
+/// The effective configuration of `serve`.
+pub fn load_serve(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = load_server(&args.server)?;
+    if let Some(v) = &args.host {
+        config.host = v.clone();
+    }
+    Ok(config)
+}
+
+/// The effective configuration of `dev`: local unless `--host` says otherwise.
+pub fn load_dev(args: &DevArgs) -> anyhow::Result<Config> {
+    let mut config = load_server(&args.server)?;
+    config.host = args.host.clone().unwrap_or_else(|| "127.0.0.1".into());
+    // A developer mistyping a token should not lock themselves out of their own laptop.
+    config.auth_throttle_attempts = 0;
+    Ok(config)
+}
+
+fn load_server(args: &ServerArgs) -> anyhow::Result<Config> {
+    let mut config = load_storage(&args.storage)?;
+    if let Some(v) = args.port {
+        config.port = v;
     }
     if let Some(v) = args.persist {
         config.persist = v;
@@ -103,10 +150,6 @@ pub fn load(args: &ServeArgs, dev: bool) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.worker_threads {
         config.worker_threads = v;
-    }
-    if dev {
-        // A developer mistyping a token should not lock themselves out of their own laptop.
-        config.auth_throttle_attempts = 0;
     }
     Ok(config)
 }

@@ -36,14 +36,20 @@ pub fn scratch_dir() -> PathBuf {
 
 /// Reads `ripple listening on http://127.0.0.1:PORT` from a spawned server's piped stdout.
 pub fn listening_port(child: &mut Child) -> u16 {
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("listening line");
+    let line = listening_line(child);
     line.trim()
         .rsplit(':')
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
+/// The first line a spawned server prints on its piped stdout (its listening line).
+pub fn listening_line(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("listening line");
+    line
 }
