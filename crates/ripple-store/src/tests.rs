@@ -1035,3 +1035,92 @@ async fn postgres_open_existing_refuses_a_database_without_ripple_tables() {
     assert!(store.list().await.expect("list").is_empty());
     admin.batch_execute(&drop_schema).await.expect("clean");
 }
+
+/// Two stores on one schema stand for two nodes: leases decide which one writes a room, and a
+/// stale owner's appends and compactions are refused in the same transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres (RIPPLE_TEST_DATABASE_URL)"]
+async fn postgres_leases_fence_a_stale_owner() {
+    use ripple_core::lease::LeaseError;
+    let Some(h) = Harness::postgres("leases", Durability::Strict).await else {
+        return;
+    };
+    let Env::Postgres { url, schema } = &h.env else {
+        unreachable!("postgres harness");
+    };
+    let a = h.store();
+    let b = PostgresStore::connect_with_schema(url, schema)
+        .await
+        .expect("second node");
+    let room = key("main", "leased");
+    let ttl = Duration::from_millis(400);
+    let updates = edits(30, "abcd");
+
+    let ga = a.acquire(&room, "node-a", ttl).await.expect("free room");
+    assert_eq!(ga.epoch, 1);
+    match b.acquire(&room, "node-b", ttl).await {
+        Err(StoreError::Lease(LeaseError::Held { owner, epoch })) => {
+            assert_eq!((owner.as_str(), epoch), ("node-a", 1));
+        }
+        other => panic!("a live lease must not be taken: {other:?}"),
+    }
+    a.append(&room, ga.epoch, updates[..1].to_vec())
+        .await
+        .expect("owner appends");
+    // Epoch 0 (an unleased tool) is refused on a leased room.
+    assert!(matches!(
+        b.append(&room, 0, updates[1..2].to_vec()).await,
+        Err(StoreError::Lease(LeaseError::Fenced { .. }))
+    ));
+    a.renew(&room, ga.epoch, ttl).await.expect("renew");
+
+    // Node a stops renewing (paused); after the lease lapses node b takes over.
+    let gb = loop {
+        match b.acquire(&room, "node-b", ttl).await {
+            Ok(g) => break g,
+            Err(StoreError::Lease(LeaseError::Held { .. })) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(gb.epoch, 2);
+    b.append(&room, gb.epoch, updates[1..2].to_vec())
+        .await
+        .expect("new owner appends");
+
+    // Node a wakes: its append, compaction and renewal are fenced; nothing of them landed.
+    let fenced = |r: Result<(), StoreError>| {
+        matches!(
+            r,
+            Err(StoreError::Lease(LeaseError::Fenced {
+                stale: 1,
+                current: 2
+            }))
+        )
+    };
+    assert!(fenced(
+        a.append(&room, ga.epoch, updates[2..3].to_vec())
+            .await
+            .map(drop)
+    ));
+    assert!(fenced(
+        a.compact(&room, ga.epoch, snapshot_of(&updates[..1]), 1)
+            .await
+    ));
+    assert!(fenced(a.renew(&room, ga.epoch, ttl).await));
+    let stored = b.load(&room).await.expect("load");
+    assert_eq!(seqs(&stored), vec![1, 2]);
+    assert_eq!(text_of(&stored), "ab");
+
+    // A release hands the room over at once, with a new epoch.
+    b.release(&room, gb.epoch).await.expect("release");
+    let ga2 = a
+        .acquire(&room, "node-a", ttl)
+        .await
+        .expect("released room");
+    assert_eq!(ga2.epoch, 3);
+    a.compact(&room, ga2.epoch, snapshot_of(&updates[..2]), 2)
+        .await
+        .expect("the current owner compacts");
+}

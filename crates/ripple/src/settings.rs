@@ -49,6 +49,12 @@ pub struct ServerArgs {
     /// Threads for connections and rooms; 0 = one per core [default: 0].
     #[arg(long, env = "RIPPLE_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// This node's name in room leases (nodes sharing one Postgres) [default: HOST-PID-RANDOM].
+    #[arg(long, env = "RIPPLE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Seconds a room's lease lasts without renewal: how soon a dead node's rooms move [default: 10].
+    #[arg(long, env = "RIPPLE_LEASE_TTL_SECS")]
+    pub lease_ttl_secs: Option<f64>,
 }
 
 /// `ripple serve`.
@@ -150,6 +156,12 @@ fn load_server(args: &ServerArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.worker_threads {
         config.worker_threads = v;
+    }
+    if let Some(v) = &args.node_id {
+        config.node_id = v.clone();
+    }
+    if let Some(v) = args.lease_ttl_secs {
+        config.lease_ttl_secs = v;
     }
     Ok(config)
 }
