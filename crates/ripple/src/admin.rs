@@ -109,12 +109,13 @@ async fn open_for_writing(
     settings: &StorageArgs,
 ) -> anyhow::Result<(Backend, usize, Option<ripple_store::DataDirLock>)> {
     let config = settings::load_storage(settings)?;
+    // Opened first: storage that does not exist is reported as such (and nothing is created).
+    let (backend, max_len) = open(settings).await?;
     let lock = if ripple_store::is_embedded(&config.storage) {
         Some(ripple_store::DataDirLock::acquire(&config.data_dir, false)?)
     } else {
         None
     };
-    let (backend, max_len) = open(settings).await?;
     Ok((backend, max_len, lock))
 }
 
