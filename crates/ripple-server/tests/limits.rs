@@ -351,6 +351,11 @@ async fn origins_outside_allowed_origins_get_403_and_requests_without_origin_pas
         }
     }
     assert_eq!(server.stat(|s| &s.origin_refused), 4);
+    // The admitted upgrades load the room (asynchronously, after the 101); the refused ones
+    // load nothing more.
+    server
+        .wait_stat("room loaded", |s| &s.rooms_loaded, |n| n >= 1)
+        .await;
     assert_eq!(server.stat(|s| &s.rooms_loaded), 1, "refusals load nothing");
 
     // The default (empty list) allows every origin.
