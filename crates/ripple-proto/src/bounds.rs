@@ -17,6 +17,10 @@
 //! passes only if every declared count fits in the bytes that follow it. Cost: one pass over the
 //! payload, no allocation.
 
+/// Client ids are at most 53 bits (JavaScript's safe integers; Yjs makes 32-bit ids, yrs
+/// 53-bit ones). yrs debug-asserts it on ids it decodes, so larger ones are refused here.
+pub const MAX_CLIENT_ID: u64 = (1 << 53) - 1;
+
 /// Deepest nesting of `Any` values accepted (arrays and maps inside arrays and maps). serde_json,
 /// which yrs uses for JSON content, stops at 128 too; real documents stay far below it.
 pub const MAX_ANY_DEPTH: usize = 128;
@@ -73,7 +77,7 @@ pub fn check_state_vector(payload: &[u8]) -> Result<(), BoundsError> {
     // yrs: `read_var::<u32>() as usize`, then per entry a u64 client and a u32 clock.
     let count = w.count_u32("entries", 2)?;
     for _ in 0..count {
-        w.var_u64()?;
+        w.client()?;
         w.var_u32()?;
     }
     Ok(())
@@ -88,16 +92,22 @@ pub fn check_update(payload: &[u8]) -> Result<(), BoundsError> {
     for _ in 0..clients {
         // Every block takes at least two bytes (its info byte and one more).
         let blocks = w.count_u32("blocks", 2)?;
-        w.var_u64()?; // client
-        w.var_u32()?; // clock
+        w.client()?;
+        // yrs adds each block's length to this clock with plain u32 arithmetic (debug builds
+        // panic, release builds wrap and panic later while integrating): it must not overflow.
+        let mut clock = u64::from(w.var_u32()?);
         for _ in 0..blocks {
-            w.block()?;
+            let at = w.pos;
+            clock += w.block()?;
+            if clock > u64::from(u32::MAX) {
+                return Err(w.malformed(at, "block clocks run past the largest clock"));
+            }
         }
     }
     // The delete set: per client an id and a range count; per range a clock and a length.
     let clients = w.count_u32("delete-set clients", 2)?;
     for _ in 0..clients {
-        w.var_u64()?;
+        w.client()?;
         let ranges = w.count_u32("deleted ranges", 2)?;
         for _ in 0..ranges {
             let at = w.pos;
@@ -268,23 +278,35 @@ impl<'a> Walk<'a> {
         self.skip(len as usize)
     }
 
-    /// An id: a u64 client and a u32 clock.
+    /// A client id (at most [`MAX_CLIENT_ID`]).
+    fn client(&mut self) -> Result<u64, BoundsError> {
+        let at = self.pos;
+        let id = self.var_u64()?;
+        if id > MAX_CLIENT_ID {
+            return Err(self.malformed(at, "client id is wider than 53 bits"));
+        }
+        Ok(id)
+    }
+
+    /// An id: a client and a u32 clock.
     fn id(&mut self) -> Result<(), BoundsError> {
-        self.var_u64()?;
+        self.client()?;
         self.var_u32()?;
         Ok(())
     }
 
-    /// One block of an update (yrs `Update::decode_block`).
-    fn block(&mut self) -> Result<(), BoundsError> {
+    /// One block of an update (yrs `Update::decode_block`); returns its length in clock
+    /// units, as yrs counts it.
+    fn block(&mut self) -> Result<u64, BoundsError> {
         let at = self.pos;
         let info = self.u8()?;
         match info {
             BLOCK_SKIP | BLOCK_GC => {
-                if self.var_u32()? == 0 {
+                let len = self.var_u32()?;
+                if len == 0 {
                     return Err(self.malformed(at, "empty block"));
                 }
-                Ok(())
+                Ok(u64::from(len))
             }
             _ => {
                 let cant_copy_parent_info = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0;
@@ -310,10 +332,10 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// An item's content (yrs `ItemContent::decode`).
-    fn content(&mut self, at: usize, kind: u8) -> Result<(), BoundsError> {
+    /// An item's content (yrs `ItemContent::decode`); returns its length in clock units.
+    fn content(&mut self, at: usize, kind: u8) -> Result<u64, BoundsError> {
         match kind {
-            CONTENT_DELETED => self.var_u32().map(drop),
+            CONTENT_DELETED => self.var_u32().map(u64::from),
             CONTENT_JSON => {
                 let count_at = self.pos;
                 let count = self.var_u32()?;
@@ -324,30 +346,42 @@ impl<'a> Walk<'a> {
                 for _ in 0..strings {
                     self.bytes()?;
                 }
-                Ok(())
+                Ok(strings)
             }
-            CONTENT_BINARY | CONTENT_STRING | CONTENT_EMBED => self.bytes(),
+            CONTENT_STRING => {
+                // A string's length is counted in UTF-16 units, as Yjs does.
+                let len = self.var_u32()? as usize;
+                if len > self.remaining() {
+                    return Err(self.truncated());
+                }
+                let raw = &self.buf[self.pos..self.pos + len];
+                let text = std::str::from_utf8(raw)
+                    .map_err(|_| self.malformed(self.pos, "string is not UTF-8"))?;
+                self.pos += len;
+                Ok(text.chars().map(|c| c.len_utf16() as u64).sum())
+            }
+            CONTENT_BINARY | CONTENT_EMBED => self.bytes().map(|()| 1),
             CONTENT_FORMAT => {
                 self.bytes()?; // key
-                self.bytes() // JSON value
+                self.bytes().map(|()| 1) // JSON value
             }
             CONTENT_TYPE => {
                 // yrs reads the type ref as one byte; only an XML element carries a name.
                 if self.u8()? == TYPE_XML_ELEMENT {
                     self.bytes()?;
                 }
-                Ok(())
+                Ok(1)
             }
             CONTENT_ANY => {
                 let count = self.count_u32("values", 1)?;
                 for _ in 0..count {
                     self.any(0)?;
                 }
-                Ok(())
+                Ok(count)
             }
             CONTENT_DOC => {
                 self.bytes()?; // guid
-                self.any(0) // options
+                self.any(0).map(|()| 1) // options
             }
             _ => Err(self.malformed(at, "unknown content type")),
         }
@@ -484,6 +518,29 @@ mod tests {
         let mut u = vec![0, 1, 7, 1];
         u.extend(varint(u32::MAX as u64));
         u.extend([2]);
+        assert!(matches!(
+            check_update(&u),
+            Err(BoundsError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn client_ids_past_53_bits_and_wrapping_clocks_are_refused() {
+        // A state vector entry for client 2^53.
+        let mut sv = vec![1];
+        sv.extend(varint(1 << 53));
+        sv.push(0);
+        assert!(matches!(
+            check_state_vector(&sv),
+            Err(BoundsError::Malformed { .. })
+        ));
+        assert_eq!(check_state_vector(&[1, 0x7f, 0]), Ok(()));
+        // Client 3, two string items starting at clock 2^32 - 2: "ABCD" runs past u32::MAX.
+        let mut u = vec![1, 2, 3];
+        u.extend(varint(u32::MAX as u64 - 1));
+        u.extend([
+            4, 1, 1, b't', 4, b'A', b'B', b'C', b'D', 4, 1, 1, b't', 1, b'E', 0,
+        ]);
         assert!(matches!(
             check_update(&u),
             Err(BoundsError::Malformed { .. })
