@@ -1,0 +1,468 @@
+//! `Room::handle` fed messages from three connections: real updates made with yrs by client
+//! documents (sent as they are or with bytes flipped, cut or spliced), client syncs (step 1 with
+//! the client's real state vector, the reply applied to the client's document), raw state
+//! vectors, raw updates, awareness updates (structured and raw) and raw frames.
+//!
+//! Properties: nothing panics (in the room, in yrs, or in the client documents applying what the
+//! room sends); every frame the room asks to send decodes; after every update that changed the
+//! document, the persisted update and `Room::encode_state()` decode as Yjs updates.
+#![no_main]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arbitrary::Arbitrary;
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use ripple_core::room::{Access, Effects, Room};
+use ripple_proto::awareness::encode_update;
+use ripple_proto::{Message, SyncMessage};
+use yrs::types::Attrs;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{
+    Any, Array, ArrayPrelim, Doc, In, Map, MapPrelim, ReadTxn, StateVector, Text, Transact, Update,
+    XmlElementPrelim, XmlFragment, XmlTextPrelim,
+};
+
+const CONNS: usize = 3;
+
+/// A JSON-like value for the documents.
+#[derive(Arbitrary, Debug)]
+enum Val {
+    Null,
+    Undefined,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Buf(Vec<u8>),
+    List(Vec<u8>),
+    Obj(Vec<(u8, i32)>),
+}
+
+impl Val {
+    fn any(&self) -> Any {
+        match self {
+            Val::Null => Any::Null,
+            Val::Undefined => Any::Undefined,
+            Val::Bool(b) => Any::from(*b),
+            Val::Int(i) => Any::from(*i),
+            Val::Float(f) => Any::from(*f),
+            Val::Str(s) => Any::from(s.clone()),
+            Val::Buf(b) => Any::Buffer(Arc::from(b.as_slice())),
+            Val::List(l) => Any::Array(l.iter().map(|b| Any::from(i64::from(*b))).collect()),
+            Val::Obj(kv) => Any::Map(Arc::new(
+                kv.iter()
+                    .map(|(k, v)| (key(*k), Any::from(i64::from(*v))))
+                    .collect::<HashMap<_, _>>(),
+            )),
+        }
+    }
+}
+
+fn key(k: u8) -> String {
+    format!("k{}", k % 8)
+}
+
+/// ASCII only: index arithmetic stays in characters whatever the offset kind.
+fn ascii(s: &str) -> String {
+    s.bytes().map(|b| char::from(b' ' + b % 95)).collect()
+}
+
+/// What goes into an array or map slot.
+#[derive(Arbitrary, Debug)]
+enum Slot {
+    Value(Val),
+    Text(String),
+    Array(Vec<Val>),
+    Map(Vec<(u8, Val)>),
+}
+
+impl Slot {
+    fn input(&self) -> In {
+        match self {
+            Slot::Value(v) => In::Any(v.any()),
+            Slot::Text(s) => In::from(yrs::types::text::TextPrelim::new(ascii(s))),
+            Slot::Array(vs) => {
+                In::Array(ArrayPrelim::from_iter(vs.iter().map(|v| In::Any(v.any()))))
+            }
+            Slot::Map(kv) => In::Map(MapPrelim::from_iter(
+                kv.iter().map(|(k, v)| (key(*k), In::Any(v.any()))),
+            )),
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+enum Edit {
+    TextInsert {
+        at: u16,
+        s: String,
+    },
+    TextRemove {
+        at: u16,
+        len: u8,
+    },
+    TextFormat {
+        at: u16,
+        len: u8,
+        bold: Option<bool>,
+    },
+    TextEmbed {
+        at: u16,
+        v: Val,
+    },
+    ArrayInsert {
+        at: u16,
+        slot: Slot,
+    },
+    ArrayRemove {
+        at: u16,
+        len: u8,
+    },
+    MapSet {
+        k: u8,
+        slot: Slot,
+    },
+    MapRemove {
+        k: u8,
+    },
+    XmlInsert {
+        at: u16,
+        text: Option<String>,
+    },
+    XmlRemove {
+        at: u16,
+        len: u8,
+    },
+}
+
+/// How to damage an update before sending it.
+#[derive(Arbitrary, Debug)]
+enum Damage {
+    Flip { at: u16, xor: u8 },
+    Cut { at: u16 },
+    Insert { at: u16, bytes: Vec<u8> },
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    /// Client `c` edits its document and sends the change (as step 2 or as an update).
+    Edit {
+        c: u8,
+        edits: Vec<Edit>,
+        step2: bool,
+        damage: Vec<Damage>,
+    },
+    /// Client `c` sends its whole state.
+    SendState {
+        c: u8,
+        damage: Vec<Damage>,
+    },
+    /// Client `c` syncs: step 1 with its state vector, the reply applied to its document.
+    Sync {
+        c: u8,
+    },
+    /// Raw state vector.
+    Step1(Vec<u8>),
+    /// Raw update.
+    Update {
+        c: u8,
+        step2: bool,
+        bytes: Vec<u8>,
+    },
+    /// Structured awareness update.
+    Awareness {
+        c: u8,
+        entries: Vec<(u8, u8, Option<String>)>,
+    },
+    /// Raw awareness payload.
+    AwarenessRaw {
+        c: u8,
+        bytes: Vec<u8>,
+    },
+    /// Raw frame through `Message::decode`.
+    Frame {
+        c: u8,
+        bytes: Vec<u8>,
+    },
+    Query {
+        c: u8,
+    },
+    Disconnect {
+        c: u8,
+    },
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    /// Which connections authenticate as which user (`None`: no auth).
+    users: [Option<u8>; CONNS],
+    /// Connections that are read-only (bit per connection).
+    read_only: u8,
+    ops: Vec<Op>,
+}
+
+fn idx(at: u16, len: u32) -> u32 {
+    u32::from(at) % (len + 1)
+}
+
+fn edit(doc: &Doc, e: &Edit) {
+    let text = doc.get_or_insert_text("t");
+    let array = doc.get_or_insert_array("a");
+    let map = doc.get_or_insert_map("m");
+    let xml = doc.get_or_insert_xml_fragment("x");
+    let mut txn = doc.transact_mut();
+    match e {
+        Edit::TextInsert { at, s } => {
+            let i = idx(*at, text.len(&txn));
+            text.insert(&mut txn, i, &ascii(s));
+        }
+        Edit::TextRemove { at, len } => {
+            let n = text.len(&txn);
+            let i = idx(*at, n);
+            let len = u32::from(*len).min(n - i);
+            text.remove_range(&mut txn, i, len);
+        }
+        Edit::TextFormat { at, len, bold } => {
+            let n = text.len(&txn);
+            let i = idx(*at, n);
+            let len = u32::from(*len).min(n - i);
+            let mut attrs = Attrs::new();
+            attrs.insert(Arc::from("bold"), bold.map_or(Any::Null, Any::from));
+            text.format(&mut txn, i, len, attrs);
+        }
+        Edit::TextEmbed { at, v } => {
+            let i = idx(*at, text.len(&txn));
+            text.insert_embed(&mut txn, i, v.any());
+        }
+        Edit::ArrayInsert { at, slot } => {
+            let i = idx(*at, array.len(&txn));
+            array.insert(&mut txn, i, slot.input());
+        }
+        Edit::ArrayRemove { at, len } => {
+            let n = array.len(&txn);
+            let i = idx(*at, n);
+            let len = u32::from(*len).min(n - i);
+            array.remove_range(&mut txn, i, len);
+        }
+        Edit::MapSet { k, slot } => {
+            map.insert(&mut txn, key(*k), slot.input());
+        }
+        Edit::MapRemove { k } => {
+            map.remove(&mut txn, &key(*k));
+        }
+        Edit::XmlInsert { at, text } => {
+            let i = idx(*at, xml.len(&txn));
+            match text {
+                Some(s) => {
+                    xml.insert(&mut txn, i, XmlTextPrelim::new(ascii(s)));
+                }
+                None => {
+                    xml.insert(&mut txn, i, XmlElementPrelim::empty("p"));
+                }
+            }
+        }
+        Edit::XmlRemove { at, len } => {
+            let n = xml.len(&txn);
+            let i = idx(*at, n);
+            let len = u32::from(*len).min(n - i);
+            xml.remove_range(&mut txn, i, len);
+        }
+    }
+}
+
+fn damage(mut bytes: Vec<u8>, damage: &[Damage]) -> Vec<u8> {
+    for d in damage {
+        match d {
+            Damage::Flip { at, xor } => {
+                if !bytes.is_empty() {
+                    let i = usize::from(*at) % bytes.len();
+                    bytes[i] ^= xor;
+                }
+            }
+            Damage::Cut { at } => {
+                let i = usize::from(*at) % (bytes.len() + 1);
+                bytes.truncate(i);
+            }
+            Damage::Insert { at, bytes: ins } => {
+                let i = usize::from(*at) % (bytes.len() + 1);
+                bytes.splice(i..i, ins.iter().copied());
+            }
+        }
+    }
+    bytes
+}
+
+fn check_frame(frame: &Bytes) {
+    Message::decode(frame.clone()).expect("a frame the room sends decodes");
+}
+
+fn check(room: &mut Room, fx: &Effects) {
+    for f in &fx.reply {
+        check_frame(f);
+    }
+    for f in fx.to_others.iter().chain(fx.to_all.iter()) {
+        check_frame(f);
+    }
+    if let Some(u) = &fx.update {
+        Update::decode_v1(u).expect("the persisted update decodes");
+        let state = room.encode_state();
+        Update::decode_v1(&state).expect("Room::encode_state() decodes");
+    }
+}
+
+struct World {
+    room: Room,
+    clients: Vec<Doc>,
+    users: Vec<Option<String>>,
+    read_only: u8,
+}
+
+impl World {
+    fn send(&mut self, c: u8, msg: Message) -> Option<Effects> {
+        let conn = usize::from(c) % CONNS;
+        let access = if self.read_only & (1 << conn) != 0 {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        };
+        let user = self.users[conn].as_deref();
+        match self.room.handle(conn as u64, access, user, msg) {
+            Ok(fx) => {
+                check(&mut self.room, &fx);
+                Some(fx)
+            }
+            Err(e) => {
+                let _ = e.to_string();
+                None
+            }
+        }
+    }
+
+    fn client(&self, c: u8) -> &Doc {
+        &self.clients[usize::from(c) % CONNS]
+    }
+}
+
+fn sync_msg(step2: bool, bytes: Vec<u8>) -> Message {
+    let b = Bytes::from(bytes);
+    Message::Sync(if step2 {
+        SyncMessage::Step2(b)
+    } else {
+        SyncMessage::Update(b)
+    })
+}
+
+fuzz_target!(|input: Input| {
+    let mut w = World {
+        room: Room::new(4),
+        clients: (1..=CONNS as u64).map(Doc::with_client_id).collect(),
+        users: input
+            .users
+            .iter()
+            .map(|u| u.map(|u| format!("user{}", u % 2)))
+            .collect(),
+        read_only: input.read_only,
+    };
+    for f in w.room.greeting() {
+        check_frame(&f);
+    }
+    for op in input.ops.iter().take(64) {
+        match op {
+            Op::Edit {
+                c,
+                edits,
+                step2,
+                damage: d,
+            } => {
+                let doc = w.client(*c);
+                let before = doc.transact().state_vector();
+                for e in edits.iter().take(16) {
+                    edit(doc, e);
+                }
+                let update = doc.transact().encode_state_as_update_v1(&before);
+                let msg = sync_msg(*step2, damage(update, d));
+                w.send(*c, msg);
+            }
+            Op::SendState { c, damage: d } => {
+                let update = w
+                    .client(*c)
+                    .transact()
+                    .encode_state_as_update_v1(&StateVector::default());
+                w.send(*c, sync_msg(true, damage(update, d)));
+            }
+            Op::Sync { c } => {
+                let sv = w.client(*c).transact().state_vector().encode_v1();
+                let msg = Message::Sync(SyncMessage::Step1(sv.into()));
+                let Some(fx) = w.send(*c, msg) else {
+                    panic!("a real state vector was refused");
+                };
+                for f in &fx.reply {
+                    if let Ok(Message::Sync(SyncMessage::Step2(u))) = Message::decode(f.clone()) {
+                        let u = Update::decode_v1(&u).expect("the room's step 2 decodes");
+                        // The room may hold damaged (but integrable) state; the client must
+                        // survive applying it.
+                        let _ = w.client(*c).transact_mut().apply_update(u);
+                    }
+                }
+            }
+            Op::Step1(bytes) => {
+                w.send(
+                    0,
+                    Message::Sync(SyncMessage::Step1(Bytes::copy_from_slice(bytes))),
+                );
+            }
+            Op::Update { c, step2, bytes } => {
+                w.send(*c, sync_msg(*step2, bytes.clone()));
+            }
+            Op::Awareness { c, entries } => {
+                let states: Vec<(u64, u64, String)> = entries
+                    .iter()
+                    .take(8)
+                    .map(|(id, clock, s)| {
+                        let state = match s {
+                            None => "null".to_owned(),
+                            Some(s) => serde_like(s),
+                        };
+                        (u64::from(id % 6), u64::from(*clock), state)
+                    })
+                    .collect();
+                let payload = encode_update(states.iter().map(|(i, c, s)| (*i, *c, s.as_str())));
+                w.send(*c, Message::Awareness(payload));
+            }
+            Op::AwarenessRaw { c, bytes } => {
+                w.send(*c, Message::Awareness(Bytes::copy_from_slice(bytes)));
+            }
+            Op::Frame { c, bytes } => {
+                if let Ok(msg) = Message::decode(Bytes::copy_from_slice(bytes)) {
+                    w.send(*c, msg);
+                }
+            }
+            Op::Query { c } => {
+                w.send(*c, Message::QueryAwareness);
+            }
+            Op::Disconnect { c } => {
+                let conn = u64::from(*c) % CONNS as u64;
+                if let Some(f) = w.room.disconnect(conn) {
+                    check_frame(&f);
+                }
+            }
+        }
+    }
+    for f in w.room.greeting() {
+        check_frame(&f);
+    }
+    let state = w.room.encode_state();
+    Update::decode_v1(&state).expect("Room::encode_state() decodes");
+});
+
+/// A small JSON object holding `s` (the room does not parse awareness states, but clients do).
+fn serde_like(s: &str) -> String {
+    let escaped: String = ascii(s)
+        .chars()
+        .filter(|c| *c != '"' && *c != '\\')
+        .collect();
+    format!("{{\"name\":\"{escaped}\"}}")
+}
