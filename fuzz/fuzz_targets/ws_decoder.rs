@@ -109,6 +109,7 @@ fuzz_target!(|data: &[u8]| {
         .map(|c| usize::from(u16::from_le_bytes([c[0], c[1]])) % (stream.len() + 1))
         .collect();
 
+    let _ = Decoder::frame_len(stream);
     let a = whole(limit, stream);
     check_events(&a.events, limit);
     if let Ok(tail) = &a.end {
