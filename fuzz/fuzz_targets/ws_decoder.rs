@@ -1,7 +1,7 @@
 //! The RFC 6455 decoder fed the same bytes whole and split at arbitrary points must say the same
 //! thing: the same events in the same order, then the same error (or the same unconsumed tail).
 //! Also: what a reader reserves for an incomplete frame (`Decoder::frame_len` of the tail) stays
-//! within the limit, and no message exceeds it.
+//! within the limit (or 125 bytes for a control frame), and no message exceeds it.
 //!
 //! Input layout: byte 0 picks the limit, byte 1 the number of split points (0..=15), then two
 //! bytes per split point (an offset into the stream, modulo its length + 1), then the stream.
@@ -41,7 +41,7 @@ fn check_events(events: &[Event], limit: usize) {
 fn check_tail(tail: &[u8], limit: usize) {
     if let Some(n) = Decoder::frame_len(tail) {
         assert!(
-            n <= MAX_HEADER.saturating_add(limit as u64),
+            n <= MAX_HEADER.saturating_add(limit.max(125) as u64),
             "incomplete frame would reserve {n} bytes, limit {limit}"
         );
         assert!(n > tail.len() as u64, "a whole frame was left unconsumed");
