@@ -9,6 +9,7 @@
 #![no_main]
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use arbitrary::Arbitrary;
@@ -332,7 +333,14 @@ impl World {
             Access::ReadWrite
         };
         let user = self.users[conn].as_deref();
-        match self.room.handle(conn as u64, access, user, msg) {
+        let room = &mut self.room;
+        let Ok(res) = catch_unwind(AssertUnwindSafe(|| {
+            room.handle(conn as u64, access, user, msg)
+        })) else {
+            // A known panic (see `KNOWN_PANICS`); any other aborted in the hook.
+            return None;
+        };
+        match res {
             Ok(fx) => {
                 check(&mut self.room, &fx);
                 Some(fx)
@@ -357,6 +365,37 @@ impl World {
 fn skip_known_bombs() -> bool {
     static SKIP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SKIP.get_or_init(|| std::env::var_os("RIPPLE_FUZZ_KNOWN_BOMBS").is_none_or(|v| v != "1"))
+}
+
+/// Known defect: yrs 0.28.1 `ClientID::new` debug-asserts that a client id fits 53 bits, and
+/// the decoders call it on ids from the wire (a state vector or update naming client 2^53 or
+/// more panics in debug builds; release builds alias it to its low 53 bits). It fires while
+/// decoding, before the room's document is touched, so the room is intact after it. Skipped
+/// unless RIPPLE_FUZZ_KNOWN_BOMBS=1; regression: ripple-core `client_id_over_53_bits`.
+const KNOWN_PANICS: &[&str] = &["value & Self::MASK == 0"];
+
+/// Lets the known panics unwind (to the `catch_unwind` in `World::send`) instead of aborting in
+/// libfuzzer-sys's hook.
+fn install_panic_filter() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if !skip_known_bombs() {
+            return;
+        }
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let msg = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("");
+            let in_yrs = info.location().is_some_and(|l| l.file().contains("yrs"));
+            if !(in_yrs && KNOWN_PANICS.iter().any(|k| msg.contains(k))) {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// A lib0 varint (up to 64 bits; `None` at the end of input).
@@ -401,6 +440,7 @@ fn sync_msg(step2: bool, bytes: Vec<u8>) -> Message {
 }
 
 fuzz_target!(|input: Input| {
+    install_panic_filter();
     let mut w = World {
         room: Room::new(4),
         clients: (1..=CONNS as u64).map(Doc::with_client_id).collect(),
