@@ -645,4 +645,36 @@ mod tests {
         assert!(res.is_err() || res.is_ok_and(|fx| fx.update.is_none()));
         assert_eq!(room.greeting().len(), 1);
     }
+
+    /// Found by fuzz/room_handle: yrs 0.28.1 adds each block's length to a clock the sender
+    /// chose (a u32) without checking. Debug builds panic while decoding (`attempt to add with
+    /// overflow`, yrs update.rs:862). Release builds wrap: this update (client 3: "ABCD" at clock
+    /// 2^32 - 2, then "E" at clock 2) is applied, and encoding the document afterwards panics
+    /// (yrs store.rs:234, `Option::unwrap()` on `None`), so the room can no longer answer a sync
+    /// step 1; persisted, it would do the same after every reload. Ignored until the decode-bound
+    /// checker (issue 17) refuses clocks that overflow before yrs sees them.
+    #[test]
+    #[ignore = "panics inside yrs until update clocks are bounded before decoding"]
+    fn update_whose_clock_wraps_is_refused() {
+        let mut room = Room::new(8);
+        let update = Bytes::from_static(&[
+            1, 2, 3, 254, 255, 255, 255, 15, 4, 1, 1, 116, 4, 65, 66, 67, 68, 4, 1, 1, 116, 1, 69,
+            0,
+        ]);
+        let res = room.handle(
+            1,
+            Access::ReadWrite,
+            None,
+            Message::Sync(SyncMessage::Update(update)),
+        );
+        assert!(res.is_err(), "a wrapping clock must be refused");
+        let fresh = room.handle(
+            2,
+            Access::ReadWrite,
+            None,
+            Message::Sync(SyncMessage::Step1(Bytes::from_static(&[0]))),
+        );
+        assert!(fresh.is_ok());
+        let _ = room.encode_state();
+    }
 }
