@@ -128,8 +128,19 @@ fn check(room: &mut Room, fx: &Effects) {
     }
     if let Some(u) = &fx.update {
         Update::decode_v1(u).expect("the persisted update decodes");
-        let state = room.encode_state();
-        Update::decode_v1(&state).expect("Room::encode_state() decodes");
+        check_state(room);
+    }
+}
+
+/// `Room::encode_state()` decodes. It runs outside the room's guard, so a known yrs panic in it
+/// is caught here (any other aborted in the hook); the room is then rebuilt by the caller.
+fn check_state(room: &mut Room) -> bool {
+    match catch_unwind(AssertUnwindSafe(|| room.encode_state())) {
+        Ok(state) => {
+            Update::decode_v1(&state).expect("Room::encode_state() decodes");
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -170,20 +181,15 @@ impl World {
                 check(&mut self.room, &fx);
                 if let Some(u) = &fx.update {
                     self.stored.push((self.stored.len() as u64 + 1, u.clone()));
+                    if !check_state(&mut self.room) {
+                        self.rebuild();
+                    }
                 }
                 Some(fx)
             }
             Err(RoomError::Panicked(_)) => {
-                // A known panic inside yrs (any other aborted in the hook): rebuild as the
-                // server does, from what was persisted.
-                let stored = StoredRoom {
-                    snapshot: None,
-                    snapshot_seq: 0,
-                    updates: self.stored.clone(),
-                };
-                self.room
-                    .rebuild(&stored, &[])
-                    .expect("what the room persisted loads back");
+                // A known panic inside yrs (any other aborted in the hook).
+                self.rebuild();
                 None
             }
             Err(e) => {
@@ -191,6 +197,18 @@ impl World {
                 None
             }
         }
+    }
+
+    /// Rebuilds the room from what it persisted, as the server does after a panic in yrs.
+    fn rebuild(&mut self) {
+        let stored = StoredRoom {
+            snapshot: None,
+            snapshot_seq: 0,
+            updates: self.stored.clone(),
+        };
+        self.room
+            .rebuild(&stored, &[])
+            .expect("what the room persisted loads back");
     }
 
     fn client(&self, c: u8) -> &Doc {
@@ -399,8 +417,7 @@ fuzz_target!(|input: Input| {
     for f in w.room.greeting() {
         check_frame(&f);
     }
-    let state = w.room.encode_state();
-    Update::decode_v1(&state).expect("Room::encode_state() decodes");
+    check_state(&mut w.room);
 });
 
 /// A small JSON object holding `s` (the room does not parse awareness states, but clients do).
