@@ -182,7 +182,7 @@ impl Decoder {
     /// a reader reserve room for a large frame at once.
     pub fn frame_len(buf: &[u8]) -> Option<u64> {
         match parse_head(buf) {
-            Ok(Some(h)) => Some(h.header_len as u64 + h.payload_len),
+            Ok(Some(h)) => Some((h.header_len as u64).saturating_add(h.payload_len)),
             _ => None,
         }
     }
@@ -207,9 +207,17 @@ impl Decoder {
                 });
             }
         }
-        // Fits in usize: bounded by 125 or by the limit above.
-        let len = h.payload_len as usize;
-        let total = h.header_len + len;
+        // Bounded by 125 or by the limit above; a limit near usize::MAX still needs the end of
+        // the frame to be addressable.
+        let Some(total) = usize::try_from(h.payload_len)
+            .ok()
+            .and_then(|len| len.checked_add(h.header_len))
+        else {
+            return Err(WsError::TooLarge {
+                size: h.payload_len,
+                limit: self.limit,
+            });
+        };
         let Some(raw) = buf.get(h.header_len..total) else {
             return Ok(None);
         };
@@ -470,6 +478,20 @@ mod tests {
         let payload = close_payload(1000, &long);
         assert!(payload.len() <= 125);
         assert!(std::str::from_utf8(&payload[2..]).is_ok());
+    }
+
+    /// Found by fuzz/ws_decoder: with a limit of `usize::MAX` (`max_message_bytes` is any
+    /// usize), a frame announcing 2^64 - 1 bytes passed the limit check and `header_len + len`
+    /// overflowed.
+    #[test]
+    fn frame_longer_than_memory_is_too_large_even_without_a_limit() {
+        let bytes = [
+            0x82, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4,
+        ];
+        let mut d = Decoder::new(usize::MAX);
+        let err = d.feed(&bytes, &mut Vec::new()).expect_err("refused");
+        assert_eq!(err.close_code(), 1009, "{err}");
+        assert_eq!(Decoder::frame_len(&bytes), Some(u64::MAX));
     }
 
     proptest! {
