@@ -131,6 +131,14 @@ pub trait Store: Send + Sync + 'static {
         through_seq: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Whether other processes may write this store, so that rooms must be leased
+    /// ([`Store::acquire`]) before they are written. Stores only one process opens (SQLite
+    /// locks its directory, memory is private) answer false, and their writers use epoch 0
+    /// without taking or renewing leases.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Makes `owner` the room's only writer for `ttl` (see [`crate::lease`]): granted when the
     /// room is free, its lease lapsed, or `owner` holds it already; each grant is a new epoch.
     /// [`LeaseError::Held`] names the node that owns it. Stores that only one process can open
@@ -172,8 +180,8 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// An in-memory store: nothing survives the process. Used by tests and by `persist = "none"`.
-/// It keeps real leases ([`LeaseTable`]), so several servers in one process can share it the way
-/// several nodes share Postgres.
+/// It keeps real leases ([`LeaseTable`]) for callers that take them, though it is not
+/// [`Store::shared`], so a server never does.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     rooms: Mutex<BTreeMap<RoomKey, StoredRoom>>,

@@ -227,6 +227,13 @@ async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Load
             None,
         ));
     }
+    if !env.store.shared() {
+        // One process owns this storage: no lease to take or renew (epoch 0).
+        let (room, seq, log) = load_stored(key, env, max_aw, max_doc)
+            .await
+            .map_err(JoinError::LoadFailed)?;
+        return Ok((room, seq, log, None));
+    }
     let times = env.config.lease_times();
     let sent = Instant::now().into_std();
     let lease = match env.store.acquire(key, &env.node_id, times.ttl).await {

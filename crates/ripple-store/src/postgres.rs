@@ -723,6 +723,10 @@ impl Store for PostgresStore {
         )
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn acquire<'a>(
         &'a self,
         room: &'a RoomKey,
