@@ -11,7 +11,7 @@ use ripple_core::RoomKey;
 
 use crate::member::Close;
 use crate::registry::{LoadedRoom, Registry};
-use crate::room::{Applied, JoinError, Request, RequestError, RoomView};
+use crate::room::{Applied, Edit, JoinError, Request, RequestError, RoomView};
 
 /// Why an operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -59,7 +59,7 @@ impl RoomOps {
     /// idempotent).
     pub(crate) async fn edit<F>(&self, key: &RoomKey, make_edit: F) -> Result<Applied, OpError>
     where
-        F: Fn() -> Box<dyn FnOnce(&mut yrs::TransactionMut<'_>) -> Result<(), String> + Send>,
+        F: Fn() -> Edit,
     {
         let answer = self
             .registry

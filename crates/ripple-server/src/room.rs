@@ -89,7 +89,7 @@ pub(crate) enum Request {
     },
     /// Run a server-side edit as one transaction (see `Room::edit`).
     Edit {
-        edit: Box<dyn FnOnce(&mut yrs::TransactionMut<'_>) -> Result<(), String> + Send>,
+        edit: Edit,
         reply: oneshot::Sender<Result<Applied, RequestError>>,
     },
     /// The document as one update, or only what the state vector `sv` lacks.
@@ -157,6 +157,9 @@ impl std::fmt::Debug for Request {
         f.write_str(name)
     }
 }
+
+/// A server-side edit: runs in one transaction; an `Err` commits nothing (see `Room::edit`).
+pub(crate) type Edit = Box<dyn FnOnce(&mut yrs::TransactionMut<'_>) -> Result<(), String> + Send>;
 
 /// A request's update was handled: durable (when the room persists) before this is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
