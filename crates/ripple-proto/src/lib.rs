@@ -10,11 +10,13 @@
 //! [`bounds`] checks the declared counts inside Yjs state vectors and updates against their size
 //! before yrs decodes them, so decode work stays proportional to a message's size.
 //! And [`ws`], the server side of WebSocket framing, so the whole path from socket bytes to
-//! messages is pure.
+//! messages is pure. [`hocuspocus`] is the Hocuspocus provider's framing (a document name before
+//! each message, auth inside the socket).
 
 pub mod awareness;
 pub mod batch;
 pub mod bounds;
+pub mod hocuspocus;
 mod lib0;
 mod message;
 pub mod ws;
