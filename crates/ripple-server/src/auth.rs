@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use ripple_core::room::Access;
 use ripple_core::{BoxFuture, RoomKey};
 
@@ -58,6 +58,19 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// A token presented inside an open socket (the Hocuspocus Auth message), for one room.
+#[derive(Debug)]
+pub struct TokenRequest<'a> {
+    /// The room asked for (the document).
+    pub key: &'a RoomKey,
+    /// The token; `None` when the client sent none (the provider sends "").
+    pub token: Option<&'a str>,
+    /// The socket's `Origin` header, if any.
+    pub origin: Option<&'a str>,
+    /// The peer's address.
+    pub remote_addr: Option<IpAddr>,
+}
+
 /// Decides whether an upgrade request may proceed.
 pub trait Authorize: Send + Sync + 'static {
     /// Admits or rejects the request.
@@ -65,6 +78,37 @@ pub trait Authorize: Send + Sync + 'static {
         &'a self,
         req: &'a UpgradeRequest<'a>,
     ) -> BoxFuture<'a, Result<Admission, Rejection>>;
+
+    /// Admits or rejects a token that arrived inside a socket, by the same rules as an upgrade
+    /// carrying it. The default asks [`Authorize::authorize`] with an upgrade request that has
+    /// the token as `Authorization: Bearer` and the socket's `Origin`.
+    fn authorize_token<'a>(
+        &'a self,
+        req: &'a TokenRequest<'a>,
+    ) -> BoxFuture<'a, Result<Admission, Rejection>> {
+        Box::pin(async move {
+            let mut headers = HeaderMap::new();
+            if let Some(token) = req.token.filter(|t| !t.is_empty()) {
+                let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                    Rejection {
+                        status: StatusCode::UNAUTHORIZED,
+                        reason: "unauthorized: token is not a valid header value".into(),
+                    }
+                })?;
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            if let Some(origin) = req.origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+                headers.insert(header::ORIGIN, origin);
+            }
+            let upgrade = UpgradeRequest {
+                key: req.key,
+                query: None,
+                headers: &headers,
+                remote_addr: req.remote_addr,
+            };
+            self.authorize(&upgrade).await
+        })
+    }
 }
 
 /// Admits everyone with write access (`ripple dev`, or `serve` with no auth configured).

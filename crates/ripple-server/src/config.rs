@@ -152,6 +152,35 @@ pub struct Config {
     /// The admin credential (`[admin]`). Never serialized.
     #[serde(skip_serializing)]
     pub admin: AdminConfig,
+    /// Hocuspocus clients (`[hocuspocus]`): `ws://host:port/` and `/hocuspocus`.
+    pub hocuspocus: HocuspocusConfig,
+}
+
+/// Settings for Hocuspocus sockets (`@hocuspocus/provider`; one socket, many documents).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HocuspocusConfig {
+    /// The party a document name's room is in.
+    pub party: String,
+    /// Most documents one socket may open (over ⇒ the socket is closed with 1008).
+    pub max_documents_per_socket: usize,
+    /// Most messages one document may queue while its authentication is decided (over ⇒ the
+    /// socket is closed with 1008; the provider reconnects and resyncs).
+    pub max_pre_auth_messages: usize,
+    /// Most bytes one socket may queue across its documents while their authentication is
+    /// decided (over ⇒ 1008).
+    pub max_pre_auth_bytes: usize,
+}
+
+impl Default for HocuspocusConfig {
+    fn default() -> Self {
+        Self {
+            party: ripple_core::DEFAULT_PARTY.into(),
+            max_documents_per_socket: 64,
+            max_pre_auth_messages: 256,
+            max_pre_auth_bytes: 4 << 20,
+        }
+    }
 }
 
 /// Per-party settings.
@@ -213,6 +242,7 @@ impl Default for Config {
             lease_ttl_secs: 10.0,
             auth: AuthSettings::default(),
             admin: AdminConfig::default(),
+            hocuspocus: HocuspocusConfig::default(),
         }
     }
 }
@@ -319,7 +349,9 @@ mod tests {
         for key in keys.keys() {
             let documented = example.lines().any(|l| {
                 let l = l.trim_start_matches(['#', ' ']);
-                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[{key}."))
+                l.starts_with(&format!("{key} ="))
+                    || l.starts_with(&format!("[{key}."))
+                    || l.starts_with(&format!("[{key}]"))
             });
             assert!(documented, "ripple.example.toml does not document {key:?}");
         }

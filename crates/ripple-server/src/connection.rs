@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 
 use crate::auth::Admission;
 use crate::closer::code;
-use crate::member::{Member, MemberId, SocketSink};
+use crate::member::{Member, MemberId, Sink, SocketSink};
 use crate::peer::{now_ms, OutFrame, Peer, QueueLimits, Wake};
 use crate::quota::{Buckets, Limit, Rates};
 use crate::registry::RoomHandle;
@@ -88,7 +88,8 @@ pub(crate) async fn accept(
         .and_then(deadline);
     let user: Option<Arc<str>> = admission.user.map(Into::into);
     let buckets = Buckets::new(&Rates::of(&ctx.config), now_ms());
-    match join(&ctx, &key, &peer, admission.access, user, expires).await {
+    let sink = Arc::new(SocketSink::new(peer.clone(), QueueLimits::of(&ctx.config)));
+    match join(&ctx, &key, peer.id, sink, admission.access, user, expires).await {
         Ok(room) => {
             let tracker = ctx.tracker.clone();
             let conn = Conn {
@@ -113,7 +114,7 @@ pub(crate) async fn accept(
 
 /// How the read loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
+pub(crate) enum Ended {
     /// Someone asked for a close (room, this task, the server).
     ByUs,
     /// The client sent a close frame (with this code, if any); we answer it.
@@ -130,7 +131,7 @@ enum Ended {
 /// client's WebSocket sees the end and closes too) and, when we started the close, read and
 /// discard what still arrives, for a bounded time and number of bytes, until the client's
 /// close frame or the end of its stream.
-async fn finish(peer: &Peer, reader: &mut Reader, ended: Ended) {
+pub(crate) async fn finish(peer: &Peer, reader: &mut Reader, ended: Ended) {
     if ended == Ended::SocketGone {
         return;
     }
@@ -152,11 +153,13 @@ async fn finish(peer: &Peer, reader: &mut Reader, ended: Ended) {
     }
 }
 
-/// Joins the room, retrying once or twice if the actor we were given was retiring.
-async fn join(
+/// Joins the room as member `id` with `sink`, retrying once or twice if the actor we were given
+/// was retiring.
+pub(crate) async fn join(
     ctx: &ServerCtx,
     key: &RoomKey,
-    peer: &Arc<Peer>,
+    id: MemberId,
+    sink: Arc<dyn Sink>,
     access: Access,
     user: Option<Arc<str>>,
     expires: Option<Instant>,
@@ -164,13 +167,12 @@ async fn join(
     for _ in 0..5 {
         let room = ctx.registry.get(key.clone()).await?;
         let (reply, rx) = oneshot::channel();
-        let sink = SocketSink::new(peer.clone(), QueueLimits::of(&ctx.config));
         let member = Member {
-            id: peer.id,
+            id,
             access,
             user: user.clone(),
             expires,
-            sink: Arc::new(sink),
+            sink: sink.clone(),
             since: SystemTime::now(),
             told_read_only: false,
         };
@@ -195,7 +197,7 @@ async fn join(
 
 /// The monotonic instant of wall-clock time `at` (now if it has passed); `None` if it is too far
 /// away to represent (it then never comes).
-fn deadline(at: SystemTime) -> Option<Instant> {
+pub(crate) fn deadline(at: SystemTime) -> Option<Instant> {
     let left = at.duration_since(SystemTime::now()).unwrap_or_default();
     Instant::now().checked_add(left)
 }
@@ -380,22 +382,23 @@ enum Forward<'a> {
 }
 
 /// What a read found.
-enum Input {
+pub(crate) enum Input {
     /// The socket is open (it may have had nothing more to read).
     Open,
     /// The client closed its side.
     Eof,
 }
 
-enum ReadError {
+pub(crate) enum ReadError {
     Io(#[allow(dead_code)] io::Error),
     Protocol(ws::WsError),
 }
 
 /// The reading side's state: WebSocket and y-pk-batch reassembly, and an incomplete frame.
-struct Reader {
+pub(crate) struct Reader {
     decoder: Decoder,
-    batch: Reassembler,
+    /// y-pk-batch reassembly (y-websocket sockets only).
+    pub(crate) batch: Reassembler,
     /// Bytes of an incomplete frame; empty (and unallocated) between frames.
     partial: Vec<u8>,
     /// `max_message_bytes`, for the lingering close's budget.
@@ -406,7 +409,7 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(limit: usize, leftover: Bytes) -> Self {
+    pub(crate) fn new(limit: usize, leftover: Bytes) -> Self {
         Self {
             decoder: Decoder::new(limit),
             batch: Reassembler::new(limit),
@@ -424,12 +427,16 @@ impl Reader {
         })
     }
 
-    fn has_input(&self) -> bool {
+    pub(crate) fn has_input(&self) -> bool {
         !self.partial.is_empty()
     }
 
     /// Reads what the socket has (up to a budget) and decodes it into `events`.
-    fn read(&mut self, peer: &Peer, events: &mut Vec<Event>) -> Result<Input, ReadError> {
+    pub(crate) fn read(
+        &mut self,
+        peer: &Peer,
+        events: &mut Vec<Event>,
+    ) -> Result<Input, ReadError> {
         let mut chunk = [0u8; READ_CHUNK];
         let mut total = 0;
         // Input that arrived with the upgrade request.

@@ -1,5 +1,6 @@
 //! The HTTP front: health, readiness and metrics endpoints, and the WebSocket entry points
-//! `/parties/:party/:room`, `/party/:room` (legacy, party `main`) and `/:room`. Room ids are the
+//! `/parties/:party/:room`, `/party/:room` (legacy, party `main`) and `/:room` (y-websocket,
+//! y-partykit), and `/` and `/hocuspocus` (Hocuspocus: auth inside the socket, `hocuspocus.rs`). Room ids are the
 //! raw path segments, as PartyKit treats them; authorization runs here, before the upgrade.
 //! `/metrics` needs the admin token when one is configured; `/healthz` and `/readyz` are open.
 
@@ -16,7 +17,7 @@ use hyper::upgrade::OnUpgrade;
 use ripple_core::{RoomKey, DEFAULT_PARTY};
 
 use crate::auth::UpgradeRequest;
-use crate::connection;
+use crate::{connection, hocuspocus};
 use crate::peer::now_ms;
 use crate::stats::{inc, reserve_connection};
 use crate::ServerCtx;
@@ -80,8 +81,17 @@ fn reject(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, reason.into()).into_response()
 }
 
+/// Whether `uri` is a Hocuspocus entry point: `/` or `/hocuspocus` (y-websocket clients always
+/// put a room in the path).
+fn is_hocuspocus_path(uri: &Uri) -> bool {
+    matches!(uri.path(), "/" | "/hocuspocus" | "/hocuspocus/")
+}
+
 async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
+    if is_hocuspocus_path(&parts.uri) {
+        return hocuspocus_upgrade(ctx, parts);
+    }
     let Some((party, room)) = room_path(&parts.uri) else {
         return reject(
             StatusCode::NOT_FOUND,
@@ -166,6 +176,63 @@ async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
     let tracker = ctx.tracker.clone();
     tracker.spawn(connection::accept(on_upgrade, key, admission, slot, ctx));
     response
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "bad response"))
+}
+
+/// A Hocuspocus socket: the same checks as a room upgrade (shutdown, failed-auth ban, origin,
+/// connection cap, handshake), but no auth: tokens arrive inside the socket, per document.
+fn hocuspocus_upgrade(ctx: Arc<ServerCtx>, mut parts: Parts) -> Response {
+    if ctx.shutdown.is_cancelled() {
+        return reject(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+    }
+    let remote_ip = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ci| ci.0.ip());
+    if let Some(ip) = remote_ip {
+        if let Err(retry_after) = ctx.throttle.check(ip, now_ms()) {
+            inc(&ctx.stats.auth_throttled);
+            let secs = retry_after.as_millis().div_ceil(1000).max(1);
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, secs.to_string())],
+                format!("too many failed auth attempts from this address; retry in {secs} s"),
+            )
+                .into_response();
+        }
+    }
+    let origin = parts.headers.get(header::ORIGIN);
+    if !ctx.origins.allows(origin.map(HeaderValue::as_bytes)) {
+        inc(&ctx.stats.origin_refused);
+        return reject(
+            StatusCode::FORBIDDEN,
+            "origin not allowed: this page's Origin is not in the server's allowed_origins",
+        );
+    }
+    let origin = origin.and_then(|o| o.to_str().ok()).map(str::to_owned);
+    let max = ctx.config.max_connections as u64;
+    let Some(slot) = reserve_connection(&ctx.stats, max) else {
+        return reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("server at its limit of {max} connections"),
+        );
+    };
+    let (accept, on_upgrade) = match websocket_handshake(&mut parts) {
+        Ok(v) => v,
+        Err((status, reason)) => return reject(status, reason),
+    };
+    let client = hocuspocus::Client {
+        ip: remote_ip,
+        origin,
+    };
+    let tracker = ctx.tracker.clone();
+    tracker.spawn(hocuspocus::accept(on_upgrade, client, slot, ctx));
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(axum::body::Body::empty())
         .unwrap_or_else(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "bad response"))
 }

@@ -7,6 +7,7 @@ mod auth_config;
 pub mod closer;
 pub mod config;
 mod connection;
+mod hocuspocus;
 mod http;
 mod listener;
 mod member;

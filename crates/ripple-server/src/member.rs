@@ -4,8 +4,10 @@
 //!
 //! - [`SocketSink`]: a y-websocket / y-partykit socket (one member per socket; the message is
 //!   the frame);
-//! - further kinds (a Hocuspocus document on a shared socket, a client forwarded from another
-//!   node) implement [`Sink`] with their own [`Framing`].
+//! - `hocuspocus::HocuspocusSink`: one document on a Hocuspocus socket (many members per
+//!   socket; the document name, then the message);
+//! - further kinds (a client forwarded from another node) implement [`Sink`] with their own
+//!   [`Framing`].
 //!
 //! An HTTP request is a member too, for the length of one turn, with no sink at all: its update
 //! takes the same turn, the same append and the same broadcast as a client's, and its answer
@@ -22,6 +24,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use ripple_core::awareness::ConnId;
 use ripple_core::room::Access;
+use ripple_proto::hocuspocus as hp;
 use ripple_proto::{ws, Message};
 use tokio::time::Instant;
 
@@ -40,11 +43,18 @@ pub(crate) enum Out {
     Doc(Bytes),
     /// The member is read-only and tried to change the document (sent once per member).
     ReadOnly,
+    /// One document update of a read-only member was refused (sent for each, where `ReadOnly`
+    /// is sent once): Hocuspocus answers every update with a SyncStatus.
+    Rejected,
     /// A document message the member sent in this turn was handled and is durable (it was
     /// appended before anything of this turn was sent): protocols with acknowledgements
     /// (Hocuspocus' SyncStatus) tell the client here.
     Applied,
 }
+
+/// A Hocuspocus SyncStatus after the document name: applied, rejected.
+const SYNC_STATUS_APPLIED: &[u8] = &[hp::SYNC_STATUS as u8, 1];
+const SYNC_STATUS_REJECTED: &[u8] = &[hp::SYNC_STATUS as u8, 0];
 
 /// How a member's messages become WebSocket frames. Members with equal framings in a room
 /// share each turn's frames (a broadcast is framed once per framing, not once per member).
@@ -52,6 +62,9 @@ pub(crate) enum Out {
 pub(crate) enum Framing {
     /// y-websocket and y-partykit: one message per binary frame.
     YWebsocket,
+    /// Hocuspocus: the document name (`prefix`, its lib0 varString, encoded once), then the
+    /// message. Members of one room with the same document name share frames.
+    Hocuspocus { name: Arc<str>, prefix: Bytes },
 }
 
 impl Framing {
@@ -64,7 +77,17 @@ impl Framing {
                     .encode(),
             )),
             // y-websocket has no acknowledgements.
-            (Framing::YWebsocket, Out::Applied) => None,
+            (Framing::YWebsocket, Out::Applied | Out::Rejected) => None,
+            (Framing::Hocuspocus { prefix, .. }, out) => {
+                let body = match out {
+                    Out::Doc(body) => return Some(OutFrame::binary(hp::frame_doc(prefix, body))),
+                    Out::Applied => SYNC_STATUS_APPLIED,
+                    Out::Rejected => SYNC_STATUS_REJECTED,
+                    // The Hocuspocus provider has no such notice: each update's SyncStatus says it.
+                    Out::ReadOnly => return None,
+                };
+                Some(OutFrame::binary(hp::frame_doc(prefix, body)))
+            }
         }
     }
 }

@@ -734,6 +734,9 @@ impl Actor {
         match self.room.handle(conn, c.access, c.user.as_deref(), msg) {
             Ok(fx) => {
                 if fx.denied {
+                    // Every refused update is answered (Hocuspocus: SyncStatus 0); the
+                    // read-only notice goes once.
+                    self.out.push((Target::One(conn), Out::Rejected));
                     if let Some(c) = self.conns.get_mut(&conn) {
                         if !c.told_read_only {
                             c.told_read_only = true;

@@ -16,7 +16,9 @@ use ripple_auth::{
 use ripple_core::room::Access;
 use ripple_core::BoxFuture;
 
-use crate::auth::{Admission, AllowAll, Authorize, Rejection, SharedAuthorize, UpgradeRequest};
+use crate::auth::{
+    Admission, AllowAll, Authorize, Rejection, SharedAuthorize, TokenRequest, UpgradeRequest,
+};
 use crate::config::AuthSettings;
 
 /// The authorizer `settings` ask for: [`AllowAll`] for mode `none` (no token is looked at),
@@ -92,7 +94,42 @@ fn rejection(e: &AuthError) -> Rejection {
     }
 }
 
+impl TokenAuth {
+    fn admission(&self, grant: ripple_auth::Grant, subprotocol: Option<String>) -> Admission {
+        Admission {
+            access: match grant.access {
+                Level::Read => Access::ReadOnly,
+                Level::Write => Access::ReadWrite,
+            },
+            user: grant.user,
+            subprotocol,
+            expires_at: grant.expires_at.map(|t| t + self.expiry_grace),
+        }
+    }
+}
+
 impl Authorize for TokenAuth {
+    fn authorize_token<'a>(
+        &'a self,
+        req: &'a TokenRequest<'a>,
+    ) -> BoxFuture<'a, Result<Admission, Rejection>> {
+        Box::pin(async move {
+            let auth_req = AuthRequest {
+                party: req.key.party(),
+                room: req.key.room(),
+                token: req.token.filter(|t| !t.is_empty()),
+                remote_addr: req.remote_addr,
+                origin: req.origin,
+            };
+            let grant = self
+                .authenticator
+                .authorize(auth_req)
+                .await
+                .map_err(|e| rejection(&e))?;
+            Ok(self.admission(grant, None))
+        })
+    }
+
     fn authorize<'a>(
         &'a self,
         req: &'a UpgradeRequest<'a>,
@@ -116,15 +153,8 @@ impl Authorize for TokenAuth {
                 .authorize(auth_req)
                 .await
                 .map_err(|e| rejection(&e))?;
-            Ok(Admission {
-                access: match grant.access {
-                    Level::Read => Access::ReadOnly,
-                    Level::Write => Access::ReadWrite,
-                },
-                user: grant.user,
-                subprotocol: subprotocol_to_echo(protocols.as_deref()).map(str::to_owned),
-                expires_at: grant.expires_at.map(|t| t + self.expiry_grace),
-            })
+            let subprotocol = subprotocol_to_echo(protocols.as_deref()).map(str::to_owned);
+            Ok(self.admission(grant, subprotocol))
         })
     }
 }
