@@ -285,7 +285,10 @@ mod tests {
             &[1, b'd', 8, 1]
         );
         assert_eq!(
-            &encode("d", &HpMessage::Authenticated(Scope::ReadOnly.as_str().into()))[..],
+            &encode(
+                "d",
+                &HpMessage::Authenticated(Scope::ReadOnly.as_str().into())
+            )[..],
             &[1, b'd', 2, 2, 8, b'r', b'e', b'a', b'd', b'o', b'n', b'l', b'y']
         );
         assert_eq!(&encode("d", &HpMessage::TokenRequest)[..], &[1, b'd', 2, 0]);

@@ -89,12 +89,11 @@ pub trait Authorize: Send + Sync + 'static {
         Box::pin(async move {
             let mut headers = HeaderMap::new();
             if let Some(token) = req.token.filter(|t| !t.is_empty()) {
-                let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                    Rejection {
+                let value =
+                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| Rejection {
                         status: StatusCode::UNAUTHORIZED,
                         reason: "unauthorized: token is not a valid header value".into(),
-                    }
-                })?;
+                    })?;
                 headers.insert(header::AUTHORIZATION, value);
             }
             if let Some(origin) = req.origin.and_then(|o| HeaderValue::from_str(o).ok()) {

@@ -9,8 +9,10 @@
 //! 1. **Waiting.** Its first message opens it (at most `max_documents_per_socket`). Messages
 //!    other than Auth are queued (`max_pre_auth_messages` per document, `max_pre_auth_bytes`
 //!    per socket; over ⇒ the socket is closed with 1008 and the provider reconnects and
-//!    resyncs). The Auth/Token message starts authorization with the same [`Authorize`] rules
-//!    as an upgrade, for room (`[hocuspocus] party`, document name).
+//!    resyncs). The Auth/Token message starts authorization with the same `Authorize` rules
+//!    as an upgrade, for room (`[hocuspocus] party`, document name). A first message that is
+//!    not Auth starts it without a token: provider 2.x sends no Auth message when it has no
+//!    token (3.x and 4.x always send one, first).
 //! 2. **Joined.** Authenticated (scope `read-write` or `readonly`) is sent, then the member
 //!    joins its room (whose greeting is our sync step 1 and the awareness states), then the
 //!    queue is replayed in order. Each document update is answered with one SyncStatus after
@@ -20,8 +22,10 @@
 //!    comes for the document, until a new Auth message tries again. The socket stays open.
 //!
 //! Ends: the client's CLOSE ends that document's member only. A room that ends a member for the
-//! member's own reasons (token expired, an update refused, an admin close) sends CLOSE with the
-//! reason for that document and the socket carries on; when the cause is not the document's
+//! member's own reasons (token expired, an update refused, an admin close) sends PermissionDenied
+//! with the reason for that document (not CLOSE: provider 2.x throws on CLOSE, fatally in Node;
+//! every version handles PermissionDenied) and the document is denied until a new Auth message;
+//! the socket and its other documents carry on. When the cause is not the document's
 //! (server shutting down 1001, room failure 1011, the socket reading too slowly 1013) the whole
 //! socket is closed with that code, since only a new socket makes the provider resync.
 //! Socket-level faults close the socket: bad WebSocket framing or a frame that does not decode
@@ -117,7 +121,7 @@ pub(crate) fn room_id(name: &str) -> String {
 /// What the sinks of one socket tell its task.
 #[derive(Debug, Default)]
 struct Shared {
-    /// Members their room ended (the sink already sent the document's CLOSE).
+    /// Members their room ended (the sink already told the client).
     ended: Mutex<Vec<MemberId>>,
     wake: Notify,
 }
@@ -158,7 +162,10 @@ impl Sink for HocuspocusSink {
         let Framing::Hocuspocus { name, .. } = &self.framing else {
             return;
         };
-        let frame = hp::encode(name, &HpMessage::Close(Some(close.reason)));
+        // PermissionDenied, not CLOSE: provider 2.x throws on a CLOSE message (an uncaught
+        // exception in its socket's message handler, fatal in Node), while every version
+        // handles PermissionDenied (authenticationFailed fires with the reason).
+        let frame = hp::encode(name, &HpMessage::PermissionDenied(close.reason));
         if !self.peer.send(&[OutFrame::binary(frame)], self.limits) {
             self.peer
                 .close(code::TRY_AGAIN_LATER, crate::closer::QUEUE_FULL);
@@ -390,7 +397,10 @@ impl Socket {
         if let Some(d) = self.deadline {
             if now >= d && self.deciding.is_empty() {
                 let secs = self.ctx.config.handshake_timeout().as_secs_f64();
-                debug!(conn = self.peer.id, "closing a Hocuspocus socket that authenticated nothing");
+                debug!(
+                    conn = self.peer.id,
+                    "closing a Hocuspocus socket that authenticated nothing"
+                );
                 self.peer.close(
                     UNAUTHORIZED,
                     &format!("Unauthorized: no document authenticated within {secs} s"),
@@ -415,18 +425,20 @@ impl Socket {
         self.queued_bytes -= freed;
     }
 
-    /// Members their room ended: forget them (their CLOSE went out already) and make sure
-    /// the room has let them go.
+    /// Members their room ended: they become denied (the sink told the client) and the room
+    /// is sure to have let them go.
     async fn reap_ended(&mut self) {
         let ended = std::mem::take(&mut *lock(&self.shared.ended));
         let mut gone = Vec::new();
-        self.docs.retain(|_, doc| match doc {
-            Doc::Joined { id, room, .. } if ended.contains(id) => {
-                gone.push((*id, room.clone()));
-                false
+        for doc in self.docs.values_mut() {
+            if let Doc::Joined { id, room } = doc {
+                if ended.contains(id) {
+                    gone.push((*id, room.clone()));
+                    // What still comes for it is dropped; a new Auth message may try again.
+                    *doc = Doc::Denied;
+                }
             }
-            _ => true,
-        });
+        }
         for (id, room) in gone {
             let _ = room.tx.send(RoomMsg::Leave { conn: id }).await;
         }
@@ -447,7 +459,10 @@ impl Socket {
             let result = match event {
                 Event::Binary(bytes) => match Frame::decode(bytes) {
                     Ok(frame) => self.handle(frame).await,
-                    Err(e) => Err(Fault(code::PROTOCOL_ERROR, format!("bad Hocuspocus frame: {e}"))),
+                    Err(e) => Err(Fault(
+                        code::PROTOCOL_ERROR,
+                        format!("bad Hocuspocus frame: {e}"),
+                    )),
                 },
                 Event::Text(_) => Err(Fault(
                     code::UNSUPPORTED_DATA,
@@ -458,7 +473,10 @@ impl Socket {
                     if self.peer.send(&pong, self.limits) {
                         Ok(())
                     } else {
-                        Err(Fault(code::TRY_AGAIN_LATER, crate::closer::QUEUE_FULL.into()))
+                        Err(Fault(
+                            code::TRY_AGAIN_LATER,
+                            crate::closer::QUEUE_FULL.into(),
+                        ))
                     }
                 }
                 Event::Pong => Ok(()),
@@ -479,7 +497,12 @@ impl Socket {
         if code != code::POLICY_VIOLATION {
             inc(&self.ctx.stats.protocol_errors);
         }
-        warn!(conn = self.peer.id, code, error = reason, "closing Hocuspocus socket");
+        warn!(
+            conn = self.peer.id,
+            code,
+            error = reason,
+            "closing Hocuspocus socket"
+        );
         self.peer.close(code, &reason);
     }
 
@@ -489,7 +512,10 @@ impl Socket {
             Frame::Ping => {
                 let pong = [OutFrame::binary(Frame::Pong.encode())];
                 if !self.peer.send(&pong, self.limits) {
-                    return Err(Fault(code::TRY_AGAIN_LATER, crate::closer::QUEUE_FULL.into()));
+                    return Err(Fault(
+                        code::TRY_AGAIN_LATER,
+                        crate::closer::QUEUE_FULL.into(),
+                    ));
                 }
                 return Ok(());
             }
@@ -527,6 +553,11 @@ impl Socket {
                     cancelled: false,
                 },
             );
+            if !matches!(message, HpMessage::Token(_)) {
+                // Provider 2.x sends no Auth message when it has no token: its first message
+                // asks for the document without one (denied unless the rules admit that).
+                self.authorize(name.clone(), String::new())?;
+            }
         }
         let max_messages = self.ctx.config.hocuspocus.max_pre_auth_messages;
         let max_bytes = self.ctx.config.hocuspocus.max_pre_auth_bytes;
@@ -536,7 +567,12 @@ impl Socket {
         match (doc, message) {
             (Doc::Joined { id, room, .. }, HpMessage::Doc(msg)) => {
                 let (id, room) = (*id, room.clone());
-                if room.tx.send(RoomMsg::Frame { conn: id, msg }).await.is_err() {
+                if room
+                    .tx
+                    .send(RoomMsg::Frame { conn: id, msg })
+                    .await
+                    .is_err()
+                {
                     // The room is gone: like a room failure, only a new socket resyncs.
                     return Err(Fault(code::INTERNAL_ERROR, "room closed".into()));
                 }
@@ -565,8 +601,7 @@ impl Socket {
             }
             (
                 Doc::Waiting {
-                    authorizing: false,
-                    ..
+                    authorizing: false, ..
                 }
                 | Doc::Denied,
                 HpMessage::Token(token),
@@ -588,7 +623,10 @@ impl Socket {
                 self.docs.remove(&name);
             }
             (_, HpMessage::Stateless(_) | HpMessage::BroadcastStateless(_)) => {
-                debug!(conn = self.peer.id, "dropping a Stateless message (no server hooks)");
+                debug!(
+                    conn = self.peer.id,
+                    "dropping a Stateless message (no server hooks)"
+                );
             }
             // Auth while joined or being decided; a denied document's messages; what only a
             // server sends. Nothing to do.
@@ -662,7 +700,12 @@ impl Socket {
                     },
                 );
                 for msg in queue {
-                    if room.tx.send(RoomMsg::Frame { conn: id, msg }).await.is_err() {
+                    if room
+                        .tx
+                        .send(RoomMsg::Frame { conn: id, msg })
+                        .await
+                        .is_err()
+                    {
                         return Err(Fault(code::INTERNAL_ERROR, "room closed".into()));
                     }
                 }

@@ -17,10 +17,10 @@ use hyper::upgrade::OnUpgrade;
 use ripple_core::{RoomKey, DEFAULT_PARTY};
 
 use crate::auth::UpgradeRequest;
-use crate::{connection, hocuspocus};
 use crate::peer::now_ms;
 use crate::stats::{inc, reserve_connection};
 use crate::ServerCtx;
+use crate::{connection, hocuspocus};
 
 /// The router of a server.
 pub(crate) fn router(ctx: Arc<ServerCtx>) -> Router {
