@@ -19,6 +19,9 @@ if [ ${#TARGETS[@]} -eq 0 ]; then
   if grep -q '^name = "update_bounds"' fuzz/Cargo.toml; then
     TARGETS+=(update_bounds)
   fi
+  if grep -q '^name = "hocuspocus_decode"' fuzz/Cargo.toml; then
+    TARGETS+=(hocuspocus_decode)
+  fi
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
