@@ -52,6 +52,9 @@ for (const [version, lib] of Object.entries(HP)) {
     const reader = await hpSynced(lib, s, name, { token: mintToken(SECRET, '--room', 'doc-*', '--access', 'read') })
     assert.equal(reader.provider.authorizedScope, 'readonly')
     assert.equal(reader.doc.getText('text').toString(), 'hello', 'a reader gets the document')
+    // Its answer to our step 1 brings nothing new: acknowledged, as Hocuspocus does.
+    await waitFor(() => reader.provider.unsyncedChanges === 0, 5000,
+      { describe: () => `the reader's sync acknowledged (unsyncedChanges ${reader.provider.unsyncedChanges})` })
     reader.doc.getText('text').insert(0, 'sneaky ')
     // Its update is answered with SyncStatus 0: unsyncedChanges never reaches 0 again.
     // Then its awareness, sent after the edit on the same socket, reaching the writer shows

@@ -210,7 +210,9 @@ impl Room {
             }
             Message::Sync(SyncMessage::Step2(update) | SyncMessage::Update(update)) => {
                 if access == Access::ReadOnly {
-                    fx.denied = true;
+                    // A read-only client's step 2 that brings nothing new is no attempt to
+                    // edit (a viewer answering our step 1): it is acknowledged, not refused.
+                    fx.denied = !self.adds_nothing(&update).unwrap_or(false);
                 } else if let Some(changes) = self.apply(&update)? {
                     fx.to_others =
                         Some(Message::Sync(SyncMessage::Update(changes.clone())).encode());
@@ -239,6 +241,25 @@ impl Room {
         self.awareness
             .remove_conn(conn)
             .map(|u| Message::Awareness(u).encode())
+    }
+
+    /// Whether applying `bytes` would change nothing: every struct it carries is below the
+    /// document's state vector and everything it deletes is deleted already (Hocuspocus checks
+    /// the same, with `snapshotContainsUpdate`, before acknowledging a read-only client).
+    fn adds_nothing(&self, bytes: &[u8]) -> Result<bool, String> {
+        let update = decode_untrusted(bytes)?;
+        let txn = self.doc.transact();
+        let sv = txn.state_vector();
+        for (client, ranges) in update.insertions(true).iter() {
+            if ranges.iter().any(|r| r.end > sv.get(client)) {
+                return Ok(false);
+            }
+        }
+        if update.delete_set().is_empty() {
+            return Ok(true);
+        }
+        let deleted = txn.snapshot().delete_set;
+        Ok(deleted.merge(update.delete_set()) == deleted)
     }
 
     /// What the peer with state vector `sv` lacks, as one update.
@@ -516,6 +537,52 @@ mod tests {
             .expect("ok");
         assert!(fx.denied && fx.update.is_none() && fx.to_others.is_none());
         assert_eq!(text_of(&room.encode_state()), "");
+    }
+
+    #[test]
+    fn a_read_only_step_2_that_brings_nothing_new_is_not_refused() {
+        let mut room = Room::new(8);
+        let doc = Doc::new();
+        let t = doc.get_or_insert_text("t");
+        t.insert(&mut doc.transact_mut(), 0, "abc");
+        t.remove_range(&mut doc.transact_mut(), 0, 1);
+        let full = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        room.handle(
+            1,
+            Access::ReadWrite,
+            None,
+            Message::Sync(SyncMessage::Update(full.clone().into())),
+        )
+        .expect("ok");
+        // A viewer holding the same document (deletions included) answers our step 1.
+        for known in [full, Update::EMPTY_V1.to_vec()] {
+            let fx = room
+                .handle(
+                    2,
+                    Access::ReadOnly,
+                    None,
+                    Message::Sync(SyncMessage::Step2(known.into())),
+                )
+                .expect("ok");
+            assert!(!fx.denied && fx.update.is_none());
+        }
+        // One more deletion is an edit.
+        t.remove_range(&mut doc.transact_mut(), 0, 1);
+        let more = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        let fx = room
+            .handle(
+                2,
+                Access::ReadOnly,
+                None,
+                Message::Sync(SyncMessage::Step2(more.into())),
+            )
+            .expect("ok");
+        assert!(fx.denied);
+        assert_eq!(text_of(&room.encode_state()), "bc");
     }
 
     #[test]
