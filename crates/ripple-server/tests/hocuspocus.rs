@@ -321,3 +321,35 @@ async fn a_malformed_frame_closes_the_socket_with_1002_and_nothing_else() {
     other.until("doc-m", is_status(true)).await;
     server.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn stateless_messages_are_dropped_not_relayed() {
+    let server = start(test_config()).await;
+    let mut a = Hp::connect(&server, "/").await;
+    let mut b = Hp::connect(&server, "/").await;
+    for hp in [&mut a, &mut b] {
+        hp.open("doc-s", "").await;
+        hp.until("doc-s", |m| {
+            matches!(m, HpMessage::Doc(Message::Sync(SyncMessage::Step2(_))))
+        })
+        .await;
+    }
+    a.send(
+        "doc-s",
+        HpMessage::Stateless("private to the server".into()),
+    )
+    .await;
+    a.send("doc-s", update(update_inserting("after"))).await;
+    a.until("doc-s", is_status(true)).await;
+    // b gets a's update, which a sent after its stateless message; nothing stateless before it.
+    let before = b
+        .until("doc-s", |m| {
+            matches!(m, HpMessage::Doc(Message::Sync(SyncMessage::Update(_))))
+        })
+        .await;
+    assert!(
+        !before.iter().any(|m| matches!(m, HpMessage::Stateless(_))),
+        "{before:?}"
+    );
+    server.stop().await.expect("stop");
+}
