@@ -4,6 +4,7 @@
 #
 #   bench/compare.sh                      # everything (about 6-8 minutes on 2 cores)
 #   SERVERS="ripple hocuspocus" bench/compare.sh
+#   SERVERS="ripple-hocuspocus hocuspocus" BASELINE=ripple-hocuspocus SCENARIOS="fanout burst connect bigdoc" bench/compare.sh
 #   SCENARIOS="fanout burst" bench/compare.sh
 #   OUT=/tmp/bench bench/compare.sh       # where results.jsonl, logs and table.md go
 #
@@ -12,7 +13,9 @@
 #
 # Servers: ripple (release build, SQLite, snapshot persistence, strict durability: every update
 # fsynced before anyone sees it), ripple-relaxed (same, synchronous=NORMAL) and ripple-memory
-# (--persist none) to show what durability costs, y-websocket-server (@y/websocket-server 0.1.1, in memory), hocuspocus (@hocuspocus/server 3,
+# (--persist none) to show what durability costs, ripple-hocuspocus (Ripple durable as `ripple`,
+# driven by Hocuspocus clients at /hocuspocus: the same load in the Hocuspocus protocol, with an
+# acknowledgement per update after it is stored), y-websocket-server (@y/websocket-server 0.1.1, in memory), hocuspocus (@hocuspocus/server 3,
 # in memory), partykit (partykit 0.0.115 dev + y-partykit 0.0.33, snapshot persistence).
 # Prints one markdown table (each figure per server with its ratio to Ripple) and the issue's
 # targets, and writes the chart to docs/bench/compare.svg.
@@ -21,7 +24,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-SERVERS=${SERVERS:-"ripple ripple-relaxed ripple-memory y-websocket-server hocuspocus partykit"}
+SERVERS=${SERVERS:-"ripple ripple-relaxed ripple-memory ripple-hocuspocus y-websocket-server hocuspocus partykit"}
+# The server the table's ratios are taken against.
+BASELINE=${BASELINE:-ripple}
 SCENARIOS=${SCENARIOS:-"fanout burst connect idle bigdoc"}
 OUT=${OUT:-"$ROOT/target/bench-compare"}
 CHART=${CHART:-"$ROOT/docs/bench/compare.svg"}
@@ -69,7 +74,7 @@ start_server() {
   local name=$1 logf="$OUT/$1.$2.log"
   DATA=$(mktemp -d "${TMPDIR:-/tmp}/ripple-bench-$name.XXXXXX")
   case $name in
-    ripple)
+    ripple|ripple-hocuspocus)
       setsid "$ROOT/target/release/ripple" serve --host 127.0.0.1 --port 0 --data-dir "$DATA" \
         --storage sqlite --persist snapshot --durability strict >"$logf" 2>&1 &
       ;;
@@ -132,13 +137,14 @@ trap stop_server EXIT
 url_for() {
   case $1 in
     partykit) echo "ws://127.0.0.1:$PORT/parties/main/{room}?_pk={conn}" ;;
+    ripple-hocuspocus) echo "ws://127.0.0.1:$PORT/hocuspocus" ;;
     *) echo "ws://127.0.0.1:$PORT/{room}" ;;
   esac
 }
 
 proto_for() {
   case $1 in
-    hocuspocus) echo hocuspocus ;;
+    hocuspocus|ripple-hocuspocus) echo hocuspocus ;;
     *) echo yws ;;
   esac
 }
@@ -192,7 +198,7 @@ echo "disk after: $("$BENCH" fsync --dir "${TMPDIR:-/tmp}"); load average at end
   | tee -a "$OUT/machine.txt" >&2
 log "comparison ($(($(date +%s) - started)) s of runs; raw results in $RESULTS)"
 "$BENCH" report --input "$RESULTS" --md "$OUT/table.md" --svg "$CHART" \
-  --title "Ripple vs peers on $(nproc) cores ($(date -u +%Y-%m-%d))"
+  --baseline "$BASELINE" --title "Ripple vs peers on $(nproc) cores ($(date -u +%Y-%m-%d))"
 # Keep the raw results next to the chart so the published figures can be traced.
 chart_dir=$(cd "$(dirname "$CHART")" && pwd)
 if [ "$chart_dir" != "$(cd "$OUT" && pwd)" ]; then

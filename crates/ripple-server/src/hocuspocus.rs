@@ -305,6 +305,8 @@ impl Socket {
     async fn read_loop(&mut self) -> Ended {
         let peer = self.peer.clone();
         let shared = self.shared.clone();
+        // Rooms close their members at shutdown; a socket with no document must hear it too.
+        let shutdown = self.ctx.shutdown.clone();
         let mut step = if self.reader.has_input() {
             Some(Wake::Readable)
         } else {
@@ -337,6 +339,7 @@ impl Socket {
                     }
                 }
                 _ = shared.wake.notified() => self.reap_ended().await,
+                _ = shutdown.cancelled() => peer.close(code::GOING_AWAY, "server shutting down"),
                 _ = tokio::time::sleep_until(timer) => {
                     let now = Instant::now();
                     if now >= next_ping {

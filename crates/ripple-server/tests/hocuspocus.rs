@@ -353,3 +353,17 @@ async fn stateless_messages_are_dropped_not_relayed() {
     );
     server.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn a_socket_without_documents_is_closed_at_shutdown() {
+    let server = start(test_config()).await;
+    let mut hp = Hp::connect(&server, "/").await;
+    hp.open("doc-x", "").await;
+    hp.until("doc-x", |m| matches!(m, HpMessage::Authenticated(_)))
+        .await;
+    hp.send("doc-x", HpMessage::Close(None)).await;
+    let stopping = tokio::spawn(server.stop());
+    let (code, reason) = hp.closed().await;
+    assert_eq!(code, 1001, "{reason}");
+    stopping.await.expect("join").expect("stop");
+}
