@@ -31,7 +31,8 @@
 //! Socket-level faults close the socket: bad WebSocket framing or a frame that does not decode
 //! (1002), text frames (1003), frames over `max_message_bytes` (1009), quotas (1008). A socket
 //! that has authenticated no document `handshake_timeout_secs` after it opened is closed with
-//! 4401.
+//! 4401, one silent past `idle_timeout_secs` with 4408 (Hocuspocus' codes). 4403 is never sent:
+//! a refused document gets PermissionDenied and the socket stays open.
 //!
 //! Keep-alive: the provider reconnects after 30 s without any message, and WebSocket pings are
 //! invisible to browser code, so every ping round (at most 15 s apart) sends one WebSocket ping
@@ -78,6 +79,8 @@ use crate::ServerCtx;
 
 /// Close code: the socket authenticated nothing in time (Hocuspocus' `Unauthorized`).
 pub(crate) const UNAUTHORIZED: u16 = 4401;
+/// Close code: the client was silent past `idle_timeout_secs` (Hocuspocus' `ConnectionTimeout`).
+pub(crate) const CONNECTION_TIMEOUT: u16 = 4408;
 /// The provider reconnects after 30 s without a message; rounds are at most this far apart.
 const MAX_KEEPALIVE: Duration = Duration::from_secs(15);
 /// The keep-alive message: SyncStatus 0 for document "".
@@ -379,8 +382,8 @@ impl Socket {
         let heard_by = heard_by(self.ctx.config.idle_timeout().as_millis() as u64);
         if self.peer.last_heard() < heard_by {
             self.peer.close(
-                code::GOING_AWAY,
-                "no message or pong within the idle timeout",
+                CONNECTION_TIMEOUT,
+                "Connection Timeout: no message or pong within the idle timeout",
             );
             return;
         }

@@ -367,3 +367,28 @@ async fn a_socket_without_documents_is_closed_at_shutdown() {
     assert_eq!(code, 1001, "{reason}");
     stopping.await.expect("join").expect("stop");
 }
+
+#[tokio::test]
+async fn a_frame_over_the_message_limit_closes_the_socket_with_1009_and_a_silent_one_gets_4408() {
+    let config = ripple_server::Config {
+        max_message_bytes: 1000,
+        ping_interval_secs: 0.1,
+        idle_timeout_secs: 0.5,
+        ..test_config()
+    };
+    let server = start(config).await;
+    let mut big = Hp::connect(&server, "/").await;
+    big.open("doc-big", "").await;
+    big.send("doc-big", update(vec![0; 2000])).await;
+    let (code, reason) = big.closed().await;
+    assert_eq!(code, 1009, "{reason}");
+    // A client that answers no ping: tungstenite answers pings only while it is read, so not
+    // reading it for a while (the sleep is the silence under test, not a wait for a result)
+    // makes it silent; the server gives up after idle_timeout_secs.
+    let mut silent = Hp::connect(&server, "/").await;
+    silent.open("doc-silent", "").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, reason) = silent.closed().await;
+    assert_eq!(code, 4408, "{reason}");
+    server.stop().await.expect("stop");
+}
