@@ -392,3 +392,23 @@ async fn a_frame_over_the_message_limit_closes_the_socket_with_1009_and_a_silent
     assert_eq!(code, 4408, "{reason}");
     server.stop().await.expect("stop");
 }
+
+#[tokio::test]
+async fn a_provider_4_ping_gets_a_pong() {
+    let server = start(test_config()).await;
+    let mut hp = Hp::connect(&server, "/").await;
+    hp.ws.send(Ws::binary(vec![9])).await.expect("send");
+    loop {
+        let msg = tokio::time::timeout(WAIT, hp.ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("ok");
+        if let Ws::Binary(bytes) = msg {
+            if Frame::decode(bytes) == Ok(Frame::Pong) {
+                break;
+            }
+        }
+    }
+    server.stop().await.expect("stop");
+}
