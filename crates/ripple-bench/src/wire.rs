@@ -48,9 +48,6 @@ pub enum WireError {
     /// A lib0 value ran past the end of the frame.
     #[error("truncated frame")]
     Truncated,
-    /// A Hocuspocus frame for another document.
-    #[error("frame for document {0:?}")]
-    OtherDocument(String),
     /// An unknown Hocuspocus message type.
     #[error("unknown message type {0}")]
     UnknownType(u64),
@@ -99,9 +96,9 @@ fn decode_hocuspocus(doc: &str, frame: Bytes) -> Result<Incoming, WireError> {
     let name_end = pos.checked_add(name_len).ok_or(WireError::Truncated)?;
     let name = frame.get(pos..name_end).ok_or(WireError::Truncated)?;
     if name != doc.as_bytes() {
-        return Err(WireError::OtherDocument(
-            String::from_utf8_lossy(name).into_owned(),
-        ));
+        // The provider routes frames by name and drops those for documents it does not have
+        // (Ripple's keep-alive is one, for document "").
+        return Ok(Incoming::Ignored);
     }
     pos = name_end;
     let body_start = pos;
@@ -208,8 +205,12 @@ mod tests {
             decode(Protocol::Hocuspocus, "d", status).ok(),
             Some(Incoming::SyncStatus(true))
         );
-        let other = Bytes::from_static(&[1, b'x', 8, 1]);
-        assert!(decode(Protocol::Hocuspocus, "d", other).is_err());
+        // Frames for other documents are dropped, as the provider does.
+        let other = Bytes::from_static(&[0, 8, 0]);
+        assert_eq!(
+            decode(Protocol::Hocuspocus, "d", other).ok(),
+            Some(Incoming::Ignored)
+        );
         assert!(decode(Protocol::Hocuspocus, "d", Bytes::from_static(&[5, b'd'])).is_err());
     }
 }
