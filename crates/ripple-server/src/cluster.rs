@@ -531,8 +531,23 @@ pub(crate) async fn serve_link(on_upgrade: OnUpgrade, ctx: Arc<ServerCtx>, peer:
     let writer = tokio::spawn(writer);
     let mut streams: HashMap<StreamId, Stream> = HashMap::new();
     let (joined_tx, mut joined_rx) = mpsc::unbounded_channel();
+    // At shutdown the rooms end their members (1001), which the forwarding node passes on; the
+    // link stays until those streams are gone (or the grace period ends), so every client hears
+    // its close and reconnects elsewhere.
+    let shutdown = ctx.shutdown.clone();
+    let mut draining: Option<Instant> = None;
     loop {
+        if let Some(deadline) = draining {
+            if streams.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+        }
         tokio::select! {
+            _ = shutdown.cancelled(), if draining.is_none() => {
+                draining = Some(Instant::now() + ctx.config.shutdown_grace());
+                continue;
+            }
+            _ = async { if let Some(at) = draining { tokio::time::sleep_until(at).await } }, if draining.is_some() => continue,
             next = tokio::time::timeout(LINK_SILENCE, read.next()) => {
                 let bytes = match next {
                     Ok(Some(Ok(WsMessage::Binary(bytes)))) => bytes,

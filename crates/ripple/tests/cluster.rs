@@ -534,3 +534,127 @@ async fn a_node_cut_off_from_postgres_stops_serving_and_another_takes_over() {
     drop((a, b));
     db.drop_db().await;
 }
+
+/// The node of `nodes` that owns `room` now, by the lease in Postgres.
+async fn owner_index(db: &TestDb, room: &str, node_ids: &[&str]) -> usize {
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT owner FROM ripple.leases WHERE party = 'main' AND room = $1",
+            &[&room],
+        )
+        .await
+        .expect("the room has a lease");
+    let owner: String = row.get(0);
+    node_ids
+        .iter()
+        .position(|id| *id == owner)
+        .unwrap_or_else(|| panic!("owner {owner} is none of {node_ids:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres (RIPPLE_TEST_DATABASE_URL)"]
+async fn kill_9_of_the_owner_while_every_node_writes_loses_nothing_anyone_saw() {
+    let db = TestDb::create("kill9fwd").await;
+    let ids = ["k0", "k1", "k2"];
+    let mut nodes: Vec<Node> = ids
+        .iter()
+        .map(|id| Node::clustered(&db.url, "2", &["--node-id", id]))
+        .collect();
+    let room = "kill9fwd";
+    let mut writers = Vec::new();
+    let mut observers = Vec::new();
+    for node in &nodes {
+        writers.push(node.try_client(room).await.expect("writer"));
+        observers.push(node.try_client(room).await.expect("observer"));
+    }
+    let owner = owner_index(&db, room, &ids).await;
+    for round in 0..10 {
+        for (n, w) in writers.iter().enumerate() {
+            put(w, &format!("n{n}-{round:02}"));
+        }
+    }
+    // What any observer saw, on any node, was durable before it was sent.
+    for o in &mut observers {
+        wait_count(o, 30).await;
+    }
+    let mut seen: Vec<String> = observers.iter().flat_map(keys).collect();
+    seen.sort();
+    seen.dedup();
+
+    nodes[owner].child.kill().expect("kill -9");
+    let _ = nodes[owner].child.wait();
+    let killed = Instant::now();
+    // Every forwarded client on the survivors is closed (its link broke) and reconnects.
+    for (n, o) in observers.iter_mut().enumerate() {
+        if n != owner {
+            o.wait_closed(WAIT)
+                .await
+                .expect("forwarded observer closed");
+        }
+    }
+    let survivor = (owner + 1) % nodes.len();
+    let (mut after, _) = nodes[survivor].client_when_served(room).await;
+    let took = killed.elapsed();
+    wait_count(&mut after, seen.len()).await;
+    let have = keys(&after);
+    for k in &seen {
+        assert!(have.contains(k), "{k} was seen before the kill and is gone");
+    }
+    put(&after, "after-failover");
+    let other = (owner + 2) % nodes.len();
+    let (mut probe, _) = nodes[other].client_when_served(room).await;
+    wait_count(&mut probe, seen.len() + 1).await;
+    eprintln!("failover after kill -9 with forwarded writers took {took:?} (lease ttl 2 s)");
+    drop(nodes);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres (RIPPLE_TEST_DATABASE_URL)"]
+async fn sigterm_of_the_owner_hands_the_room_over_with_a_reconnect() {
+    let db = TestDb::create("handoff").await;
+    let ids = ["h0", "h1"];
+    let nodes: Vec<Node> = ids
+        .iter()
+        .map(|id| Node::clustered(&db.url, "10", &["--node-id", id]))
+        .collect();
+    let room = "handoff";
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(node.try_client(room).await.expect("client"));
+    }
+    let owner = owner_index(&db, room, &ids).await;
+    let other = 1 - owner;
+    for i in 0..20 {
+        put(&clients[owner], &format!("e-{i:02}"));
+    }
+    wait_count(&mut clients[other], 20).await;
+
+    let sigterm = Instant::now();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &nodes[owner].child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+    // The forwarded client on the other node is told to go (1001, going away, passed on from
+    // the owner's room) rather than cut...
+    let (code, reason) = clients[other].wait_closed(WAIT).await.expect("closed");
+    assert_eq!(code, 1001, "closed with {code} {reason}");
+    // ...and its reconnect is served by the remaining node at once: the owner released the
+    // lease on its way out, so no lease has to lapse.
+    let (mut back, took) = nodes[other].client_when_served(room).await;
+    wait_count(&mut back, 20).await;
+    assert!(
+        sigterm.elapsed() < Duration::from_secs(8),
+        "the hand-off waited for the 10 s lease to lapse ({:?})",
+        sigterm.elapsed()
+    );
+    eprintln!("hand-off after SIGTERM: served again in {took:?}");
+    drop(nodes);
+    db.drop_db().await;
+}
