@@ -38,7 +38,7 @@ async fn ready(State(ctx): State<Arc<ServerCtx>>) -> Response {
     } else if ctx.stats.storage_failing(ctx.config.storage_unready()) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "storage unavailable: an append failed recently",
+            "storage unavailable: an append or a lease renewal failed recently; this node cannot own rooms",
         )
             .into_response()
     } else {

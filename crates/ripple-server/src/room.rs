@@ -456,7 +456,11 @@ async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Load
         Err(StoreError::Lease(LeaseError::Held { owner, .. })) => {
             return Err(JoinError::OwnedElsewhere(owner))
         }
-        Err(e) => return Err(JoinError::LoadFailed(e.to_string())),
+        Err(e) => {
+            // This node cannot take leases now: it cannot own rooms (`/readyz` says so).
+            env.stats.append_failed();
+            return Err(JoinError::LoadFailed(e.to_string()));
+        }
     };
     let loaded = load_stored(key, env, max_aw, max_doc).await;
     if loaded.is_err() {
@@ -1205,12 +1209,14 @@ impl Actor {
                         return false;
                     }
                     Ok(Err(e)) => {
+                        self.env.stats.append_failed();
                         warn!(room = %self.key, error = %e, "lease renewal failed; retrying");
                         if let Some(lease) = self.lease.as_mut() {
                             lease.renewal_failed(Instant::now().into_std());
                         }
                     }
                     Err(_) => {
+                        self.env.stats.append_failed();
                         warn!(room = %self.key, "lease renewal timed out; retrying");
                         if let Some(lease) = self.lease.as_mut() {
                             lease.renewal_failed(Instant::now().into_std());

@@ -101,7 +101,8 @@ pub(crate) fn reserve_connection(stats: &Arc<Stats>, max: u64) -> Option<ConnSlo
 }
 
 impl Stats {
-    /// Records a failed append (any room).
+    /// Records a failed write to storage: an append (any room), or a lease taken or renewed
+    /// (a node that cannot lease rooms cannot own them).
     pub(crate) fn append_failed(&self) {
         self.last_store_failure_ms.store(now_ms() + 1, Relaxed);
     }

@@ -511,6 +511,7 @@ async fn a_node_cut_off_from_postgres_stops_serving_and_another_takes_over() {
     wait_count(&mut observer, 20).await;
     let seen = keys(&observer);
 
+    assert_eq!(http_status(a.port, "/readyz").await, 200);
     proxy.cut();
     // a cannot renew: it stops serving before its lease could lapse, closing its clients.
     let mut observer = observer;
@@ -519,6 +520,8 @@ async fn a_node_cut_off_from_postgres_stops_serving_and_another_takes_over() {
         .await
         .expect("a closes its clients once it cannot renew");
     assert_eq!(code, 1011, "{reason}");
+    // a says it cannot own rooms.
+    assert_eq!(http_status(a.port, "/readyz").await, 503);
     // b takes the room over with every edit a client saw.
     let (mut after, took) = b.client_when_served(room).await;
     wait_count(&mut after, seen.len()).await;
@@ -657,4 +660,20 @@ async fn sigterm_of_the_owner_hands_the_room_over_with_a_reconnect() {
     eprintln!("hand-off after SIGTERM: served again in {took:?}");
     drop(nodes);
     db.drop_db().await;
+}
+
+/// The status code of `GET path` on a node.
+async fn http_status(port: u16, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {out:?}"))
 }
