@@ -1183,28 +1183,27 @@ async fn postgres_connects_with_tls_as_the_url_asks() {
     // verify-full under another name: refused, saying why.
     let wrong_name =
         with(&format!("sslmode=verify-full&sslrootcert={cert}")).replace("localhost", "127.0.0.1");
-    let err = PostgresStore::connect_with_schema(&wrong_name, &schema)
-        .await
-        .err()
-        .expect("a certificate for another name is refused");
+    let Err(err) = PostgresStore::connect_with_schema(&wrong_name, &schema).await else {
+        panic!("a certificate for another name is refused");
+    };
     assert!(
         err.to_string().to_lowercase().contains("certificate"),
         "the error names the certificate: {err}"
     );
     // verify-full against the public roots: a self-signed certificate is refused.
-    let err = PostgresStore::connect_with_schema(&with("sslmode=verify-full"), &schema)
-        .await
-        .err()
-        .expect("a self-signed certificate does not verify against the public roots");
+    let Err(err) = PostgresStore::connect_with_schema(&with("sslmode=verify-full"), &schema).await
+    else {
+        panic!("a self-signed certificate does not verify against the public roots");
+    };
     assert!(
         err.to_string().to_lowercase().contains("certificate"),
         "{err}"
     );
     // An unknown mode is a clear error.
-    let err = PostgresStore::connect_with_schema(&with("sslmode=sometimes"), &schema)
-        .await
-        .err()
-        .expect("unknown sslmode");
+    let Err(err) = PostgresStore::connect_with_schema(&with("sslmode=sometimes"), &schema).await
+    else {
+        panic!("unknown sslmode");
+    };
     assert!(err.to_string().contains("sslmode=sometimes"), "{err}");
     let _ = client
         .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
