@@ -119,7 +119,7 @@ impl Cluster {
     }
 
     /// The link to `node`, connecting it if there is none (or the last one broke).
-    async fn link_to(self: &Arc<Self>, node: &str) -> Result<Arc<Link>, String> {
+    async fn link_to(self: &Arc<Self>, node: &str) -> Result<Arc<Link>, LinkError> {
         if let Some(link) = self.lock().get(node) {
             if !link.broken.is_cancelled() {
                 return Ok(link.clone());
@@ -129,11 +129,11 @@ impl Cluster {
             .store
             .node_url(node)
             .await
-            .map_err(|e| format!("looking up node {node}: {e}"))?
-            .ok_or_else(|| format!("node {node} has not advertised a URL"))?;
+            .map_err(|e| LinkError::other(format!("looking up node {node}: {e}")))?
+            .ok_or_else(|| LinkError::other(format!("node {node} has not advertised a URL")))?;
         let link = tokio::time::timeout(LINK_CONNECT, self.connect(node, &url))
             .await
-            .map_err(|_| format!("connecting to {node} at {url} timed out"))??;
+            .map_err(|_| LinkError::other(format!("connecting to {node} at {url} timed out")))??;
         self.lock().insert(node.to_owned(), link.clone());
         Ok(link)
     }
@@ -143,31 +143,35 @@ impl Cluster {
         self.links.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn connect(self: &Arc<Self>, node: &str, url: &str) -> Result<Arc<Link>, String> {
+    async fn connect(self: &Arc<Self>, node: &str, url: &str) -> Result<Arc<Link>, LinkError> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let target = format!("{}{LINK_PATH}", url.trim_end_matches('/'));
         let mut request = target
             .as_str()
             .into_client_request()
-            .map_err(|e| format!("bad advertised URL {url}: {e}"))?;
+            .map_err(|e| LinkError::other(format!("bad advertised URL {url}: {e}")))?;
         let headers = request.headers_mut();
         let bearer = format!("Bearer {}", self.secret);
         headers.insert(
             hyper::header::AUTHORIZATION,
-            bearer
-                .parse()
-                .map_err(|_| "the cluster secret is not a valid header value".to_owned())?,
+            bearer.parse().map_err(|_| {
+                LinkError::other("the cluster secret is not a valid header value".into())
+            })?,
         );
         headers.insert(
             NODE_HEADER,
-            self.node_id
-                .parse()
-                .map_err(|_| "the node id is not a valid header value".to_owned())?,
+            self.node_id.parse().map_err(|_| {
+                LinkError::other("the node id is not a valid header value".into())
+            })?,
         );
         let (ws, _) =
             tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true)
                 .await
-                .map_err(|e| format!("connecting to {node} at {url}: {e}"))?;
+                .map_err(|e| LinkError {
+                    refused: matches!(&e, tokio_tungstenite::tungstenite::Error::Io(io)
+                        if io.kind() == std::io::ErrorKind::ConnectionRefused),
+                    message: format!("connecting to {node} at {url}: {e}"),
+                })?;
         let (out_tx, out_rx) = mpsc::channel(LINK_QUEUE);
         let link = Arc::new(Link {
             peer: node.to_owned(),
@@ -186,6 +190,40 @@ impl Cluster {
         ));
         Ok(link)
     }
+}
+
+/// Why a link could not be made.
+#[derive(Debug)]
+struct LinkError {
+    /// The node's address refused the connection: nothing listens there (the process is gone,
+    /// the host is up).
+    refused: bool,
+    message: String,
+}
+
+impl LinkError {
+    fn other(message: String) -> Self {
+        Self {
+            refused: false,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// How a proxy ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ProxyEnd {
+    /// Its work is done (it emptied, its link broke, the server is shutting down).
+    Done,
+    /// The owner is dead (its address refuses connections) and its leases were ended: the
+    /// room's slot may try to take the room at once. Nothing was taken from the inbox.
+    OwnerDead,
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -302,12 +340,33 @@ pub(crate) async fn proxy(
     env: Arc<RoomEnv>,
     inbox: &mut mpsc::Receiver<RoomMsg>,
     count: Arc<AtomicUsize>,
-) {
+) -> ProxyEnd {
     let Some(cluster) = env.cluster.clone() else {
-        return;
+        return ProxyEnd::Done;
     };
     let link = match cluster.link_to(&owner).await {
         Ok(link) => link,
+        Err(e) if e.refused => {
+            // Nothing listens where the owner said it would: it died (kill -9, a crash) and its
+            // host is up. Its leases are ended now instead of when they lapse; fencing makes
+            // this safe even if it is alive after all.
+            match env.store.release_node(&owner).await {
+                Ok(n) => {
+                    warn!(room = %key, %owner, leases = n, error = %e, "the room's owner refuses connections; ended its leases to take its rooms over");
+                    return ProxyEnd::OwnerDead;
+                }
+                Err(err) => {
+                    warn!(room = %key, %owner, error = %err, "could not end a dead owner's leases");
+                }
+            }
+            crate::room::linger_refusing(
+                inbox,
+                JoinError::OwnedElsewhere(format!("{owner}, unreachable: {e}")),
+                Duration::from_secs(1),
+            )
+            .await;
+            return ProxyEnd::Done;
+        }
         Err(e) => {
             warn!(room = %key, %owner, error = %e, "cannot reach the room's owner; refusing its clients");
             crate::room::linger_refusing(
@@ -316,7 +375,7 @@ pub(crate) async fn proxy(
                 Duration::from_secs(1),
             )
             .await;
-            return;
+            return ProxyEnd::Done;
         }
     };
     debug!(room = %key, %owner, "forwarding the room's clients to its owner");
@@ -487,6 +546,7 @@ pub(crate) async fn proxy(
     }
     count.store(0, Relaxed);
     crate::room::refuse_remaining(inbox, JoinError::OwnedElsewhere(owner)).await;
+    ProxyEnd::Done
 }
 
 /// Accepts a link from another node (the request was checked: method, secret).

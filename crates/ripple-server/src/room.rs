@@ -365,17 +365,29 @@ pub(crate) async fn run(
     members: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let persist = env.config.persist_for(key.party());
-    let loaded = load(&key, &env, persist).await;
+    let mut loaded = load(&key, &env, persist).await;
+    if let (Err(JoinError::OwnedElsewhere(owner)), Some(_)) = (&loaded, &env.cluster) {
+        inc(&env.stats.owned_elsewhere);
+        let owner = owner.clone();
+        let end =
+            crate::cluster::proxy(key.clone(), owner, env.clone(), &mut inbox, members.clone())
+                .await;
+        if end != crate::cluster::ProxyEnd::OwnerDead {
+            return;
+        }
+        // The owner died and its leases were ended: take the room (once).
+        loaded = load(&key, &env, persist).await;
+        if let Err(JoinError::OwnedElsewhere(owner)) = &loaded {
+            let owner = owner.clone();
+            crate::cluster::proxy(key, owner, env, &mut inbox, members).await;
+            return;
+        }
+    }
     let (room, stored_seq, log, lease) = match loaded {
         Ok(v) => v,
         Err(err) => {
             if let JoinError::OwnedElsewhere(owner) = &err {
                 inc(&env.stats.owned_elsewhere);
-                if env.cluster.is_some() {
-                    let owner = owner.clone();
-                    crate::cluster::proxy(key, owner, env, &mut inbox, members).await;
-                    return;
-                }
                 info!(room = %key, %owner, "room is owned by another node; refusing its connections (no cluster secret: no forwarding)");
             } else {
                 inc(&env.stats.room_load_failures);

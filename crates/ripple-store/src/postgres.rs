@@ -121,6 +121,7 @@ struct Sql {
     list: String,
     advertise: String,
     node_url: String,
+    release_node: String,
     rooms: String,
     acquire: String,
     lease_of: String,
@@ -234,6 +235,10 @@ impl Sql {
                      updated_ms = EXCLUDED.updated_ms"
             ),
             node_url: format!("SELECT url FROM {s}.nodes WHERE node = $1"),
+            release_node: format!(
+                "UPDATE {s}.leases SET expires_at = clock_timestamp()
+                 WHERE owner = $1 AND expires_at > clock_timestamp()"
+            ),
             // The row stays: epochs never go back.
             release: format!(
                 "UPDATE {s}.leases SET expires_at = clock_timestamp()
@@ -689,6 +694,14 @@ impl PostgresStore {
         Ok(())
     }
 
+    async fn try_release_node(&self, node: &str) -> Result<u64, Failure> {
+        let client = self.pool.get().await.map_err(pool_failure)?;
+        client
+            .execute(self.sql.release_node.as_str(), &[&node])
+            .await
+            .map_err(classify)
+    }
+
     async fn try_node_url(&self, node: &str) -> Result<Option<String>, Failure> {
         let client = self.pool.get().await.map_err(pool_failure)?;
         let row = client
@@ -854,6 +867,10 @@ impl Store for PostgresStore {
 
     fn node_url<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         Box::pin(retrying(move || self.try_node_url(node)))
+    }
+
+    fn release_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(retrying(move || self.try_release_node(node)))
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
