@@ -10,6 +10,7 @@ mod connection;
 mod http;
 mod listener;
 mod origin;
+mod pages;
 mod peer;
 mod quota;
 mod registry;
@@ -29,6 +30,7 @@ use tracing::{info, warn};
 
 pub use auth::{AllowAll, Authorize};
 pub use config::{Config, Durability, PersistMode};
+pub use pages::InspectorAccess;
 pub use stats::Stats;
 pub use token_auth::TokenAuth;
 

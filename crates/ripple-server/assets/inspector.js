@@ -1,0 +1,1 @@
+document.getElementById("app").textContent="The inspector is being built.";
