@@ -131,6 +131,14 @@ pub trait Store: Send + Sync + 'static {
         through_seq: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Removes everything stored for the room (snapshot and log), fenced by `epoch` like
+    /// [`Store::append`]. A later append starts the room again from sequence number 1.
+    fn delete<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: Epoch,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
     /// Whether other processes may write this store, so that rooms must be leased
     /// ([`Store::acquire`]) before they are written. Stores only one process opens (SQLite
     /// locks its directory, memory is private) answer false, and their writers use epoch 0
@@ -261,6 +269,19 @@ impl Store for MemoryStore {
                 entry.snapshot = Some(snapshot);
                 entry.snapshot_seq = through_seq;
             });
+            Ok(())
+        });
+        Box::pin(async move { result })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: Epoch,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = self.with_leases(|leases| {
+            leases.check_write(room, epoch)?;
+            self.with_rooms(|rooms| rooms.remove(room));
             Ok(())
         });
         Box::pin(async move { result })

@@ -9,6 +9,10 @@ pub mod config;
 mod connection;
 mod http;
 mod listener;
+mod member;
+// The HTTP API and the inspector are its callers; until they land, parts are unused.
+#[allow(dead_code)]
+mod ops;
 mod origin;
 mod pages;
 mod peer;
@@ -41,6 +45,12 @@ pub(crate) struct ServerCtx {
     pub(crate) auth: Arc<dyn Authorize>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) registry: registry::Registry,
+    /// Room operations without a socket (HTTP API, inspector): through the room actors.
+    #[allow(dead_code)]
+    pub(crate) ops: ops::RoomOps,
+    /// Storage, for listings of stored rooms (every write goes through a room actor).
+    #[allow(dead_code)]
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
     /// Failed-auth throttling per client address (`auth_throttle_*`).
@@ -86,7 +96,7 @@ impl Server {
         let env = Arc::new(room::RoomEnv {
             config: config.clone(),
             node_id: config.resolved_node_id().into(),
-            store: self.store,
+            store: self.store.clone(),
             stats: self.stats.clone(),
             shutdown: token.clone(),
         });
@@ -103,13 +113,17 @@ impl Server {
                 "auth_throttle_exempt: not an address block (ADDR or ADDR/BITS); ignored"
             );
         }
+        let store = self.store.clone();
+        let registry = registry::Registry::start(env, tracker.clone());
         let ctx = Arc::new(ServerCtx {
+            ops: ops::RoomOps::new(registry.clone()),
+            store,
             throttle: throttle::AuthThrottle::new(&config),
             origins,
             config: config.clone(),
             auth: self.auth,
             stats: self.stats,
-            registry: registry::Registry::start(env, tracker.clone()),
+            registry,
             shutdown: token.clone(),
             tracker: tracker.clone(),
         });

@@ -112,6 +112,8 @@ struct Sql {
     room_records: String,
     snapshot_seq: String,
     upsert_snapshot: String,
+    delete_snapshot: String,
+    delete_updates: String,
     delete_through: String,
     move_update: String,
     move_snapshot: String,
@@ -168,6 +170,8 @@ impl Sql {
                      data = EXCLUDED.data, checksum = EXCLUDED.checksum,
                      updated_ms = EXCLUDED.updated_ms"
             ),
+            delete_snapshot: format!("DELETE FROM {s}.snapshots WHERE party = $1 AND room = $2"),
+            delete_updates: format!("DELETE FROM {s}.updates WHERE party = $1 AND room = $2"),
             delete_through: format!(
                 "DELETE FROM {s}.updates WHERE party = $1 AND room = $2 AND seq <= $3"
             ),
@@ -562,6 +566,24 @@ impl PostgresStore {
         Ok(())
     }
 
+    async fn try_delete(&self, room: &RoomKey, epoch: Epoch) -> Result<(), Failure> {
+        let mut client = self.pool.get().await.map_err(pool_failure)?;
+        let tx = client.transaction().await.map_err(classify)?;
+        lock_room(&tx, &self.sql, room).await?;
+        let current = lease_epoch(&tx, &self.sql, room).await?;
+        check_epoch(current, epoch)?;
+        let (party, name) = (room.party(), room.room());
+        tx.execute(self.sql.delete_snapshot.as_str(), &[&party, &name])
+            .await
+            .map_err(classify)?;
+        tx.execute(self.sql.delete_updates.as_str(), &[&party, &name])
+            .await
+            .map_err(classify)?;
+        commit(tx).await?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     async fn try_acquire(
         &self,
         room: &RoomKey,
@@ -721,6 +743,14 @@ impl Store for PostgresStore {
         Box::pin(
             async move { retrying(|| self.try_compact(room, epoch, &snapshot, through_seq)).await },
         )
+    }
+
+    fn delete<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: Epoch,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(retrying(move || self.try_delete(room, epoch)))
     }
 
     fn shared(&self) -> bool {
