@@ -80,7 +80,8 @@ export async function launchBrowser () {
 /**
  * A page in a fresh browser context whose console errors, uncaught exceptions and failed
  * requests are collected in `page.problems` (tests assert it stays empty).
- * `expectFailures` lists URL substrings of responses a test expects to fail (a 401).
+ * `expectFailures` lists RegExps of URLs whose failed loads a test expects (a 401): Chromium
+ * logs those as console errors, which are then not counted.
  */
 export async function newPage (browser, { viewport = { width: 1100, height: 720 }, expectFailures = [] } = {}) {
   const context = await browser.newContext({ viewport })
@@ -88,9 +89,8 @@ export async function newPage (browser, { viewport = { width: 1100, height: 720 
   page.problems = []
   page.on('console', (msg) => {
     if (msg.type() !== 'error') return
-    // Chromium logs a failed load of an expected 401 as a console error; that one is not a bug.
     const url = msg.location()?.url || ''
-    if (expectFailures.some((f) => url.includes(f) || msg.text().includes(f))) return
+    if (msg.text().startsWith('Failed to load resource') && expectFailures.some((re) => re.test(url))) return
     page.problems.push(`console.error: ${msg.text()} (${url})`)
   })
   page.on('pageerror', (err) => page.problems.push(`uncaught: ${err.message}`))

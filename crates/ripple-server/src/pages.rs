@@ -218,7 +218,15 @@ fn page(status: StatusCode, html: &'static str) -> Response {
 
 /// `GET /assets/NAME`: an embedded file, revalidated by ETag (a new binary may carry new
 /// bytes under the same name).
-async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
+async fn asset(
+    State(ctx): State<Arc<ServerCtx>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    if wants_upgrade(req.headers()) {
+        return crate::http::websocket(State(ctx), req).await;
+    }
+    let headers = req.headers();
     let Some(i) = ASSETS.iter().position(|a| a.name == name) else {
         return (StatusCode::NOT_FOUND, "no such asset").into_response();
     };
