@@ -6,7 +6,7 @@ import assert from 'node:assert/strict'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
-import { startRipple, launchBrowser, newPage, waitFor, screenshot, editorText } from './lib.mjs'
+import { startRipple, launchBrowser, newPage, waitFor, screenshot, editorText, pageMetrics } from './lib.mjs'
 
 let server, browser
 before(async () => {
@@ -20,9 +20,13 @@ after(async () => {
 
 async function openDemo (name) {
   const page = await newPage(browser)
+  const started = Date.now()
   const response = await page.goto(`${server.url}/demo/room-x`)
   assert.equal(response.status(), 200)
   await page.locator('#status[data-state="synced"]').waitFor({ timeout: 10000 })
+  const m = await pageMetrics(page)
+  console.log(`demo page: ${m.bytes} bytes in ${m.requests} requests, first paint ${m.firstPaintMs} ms, ` +
+    `DOM ready ${m.domReadyMs} ms, synced with the server ${Date.now() - started} ms after navigating`)
   await page.fill('#name', name)
   return page
 }

@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import * as Y from 'yjs'
-import { startRipple, launchBrowser, newPage, waitFor, screenshot, editorText } from './lib.mjs'
+import { startRipple, launchBrowser, newPage, waitFor, screenshot, editorText, pageMetrics } from './lib.mjs'
 
 let server, browser
 before(async () => {
@@ -37,6 +37,8 @@ test('the inspector lists rooms live, shows a room\'s members, awareness and doc
   const res = await inspector.goto(server.url + '/')
   assert.equal(res.status(), 200)
   await inspector.locator('#feed[data-state="live"]').waitFor({ timeout: 5000 })
+  const m = await pageMetrics(inspector)
+  console.log(`inspector page: ${m.bytes} bytes in ${m.requests} requests, first paint ${m.firstPaintMs} ms, DOM ready ${m.domReadyMs} ms`)
 
   const ada = await openDemo('Ada')
   const bob = await openDemo('Bob')
@@ -44,7 +46,7 @@ test('the inspector lists rooms live, shows a room\'s members, awareness and doc
   await waitFor('the tabs to see each other', async () => (await ada.locator('#people li').count()) === 2)
   const joinedAt = Date.now()
   await waitFor('room-x with 2 connections', async () => (await membersCell(inspector, 'room-x')) === '2', { timeoutMs: 1000 })
-  console.log(`# inspector listed room-x with 2 connections ${Date.now() - joinedAt} ms after both joined`)
+  console.log(`inspector listed room-x with 2 connections ${Date.now() - joinedAt} ms after both joined`)
 
   await ada.locator('.cm-content').click()
   await ada.keyboard.type('Inspect me')

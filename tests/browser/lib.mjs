@@ -128,3 +128,22 @@ export async function screenshot (page, name) {
 
 /** The text of the demo page's editor. */
 export const editorText = (page) => page.locator('.cm-content').innerText()
+
+/**
+ * What loading the page cost: bytes of the document and its resources (as sent, before any
+ * compression: the server sends none), and when the first content was painted, in ms from the
+ * start of the navigation.
+ */
+export async function pageMetrics (page) {
+  return page.evaluate(() => {
+    const nav = performance.getEntriesByType('navigation')[0]
+    const resources = performance.getEntriesByType('resource')
+    const fcp = performance.getEntriesByName('first-contentful-paint')[0]
+    return {
+      bytes: nav.encodedBodySize + resources.reduce((sum, r) => sum + r.encodedBodySize, 0),
+      requests: 1 + resources.length,
+      firstPaintMs: fcp ? Math.round(fcp.startTime) : null,
+      domReadyMs: Math.round(nav.domContentLoadedEventEnd)
+    }
+  })
+}

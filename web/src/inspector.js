@@ -150,6 +150,7 @@ function signIn (body) {
     onsubmit: (e) => {
       e.preventDefault()
       try { sessionStorage.setItem(TOKEN_KEY, input.value.trim()) } catch {}
+      signOut.hidden = false
       route()
     }
   },
@@ -237,6 +238,7 @@ function decode (update) {
 }
 
 const MAX_NODES = 3000
+const RECENT_SHOWN = 12
 const MAX_STRING = 4000
 
 /** A JSON value as a tree of <details> (keyboard: Tab to a summary, Enter to fold). */
@@ -396,13 +398,22 @@ function roomPage (party, room, signal) {
         h('td', h('details', h('summary', 'JSON'), h('pre', JSON.stringify(state, null, 2)))))
     }))
     if (!r.awareness.length) awareness.replaceChildren(h('tr', h('td', { colspan: 4 }, 'No awareness states.')))
-    recent.replaceChildren(...r.recent.slice().reverse().map((u) => h('tr',
+    recent.replaceChildren(...r.recent.slice(-RECENT_SHOWN).reverse().map((u) => h('tr',
       h('td', when(u.at_ms)), h('td.num', bytes(u.bytes)), h('td.mono', u.member ?? 'request'))))
     if (!r.recent.length) recent.replaceChildren(h('tr', h('td', { colspan: 3 }, 'No updates since the room was loaded.')))
     const v = `${r.seq}/${r.doc_bytes}/${r.recent.length}/${r.recent.length ? r.recent[r.recent.length - 1].at_ms : 0}`
     if (v !== version) { version = v; readDoc() }
   }, { onUnauthorized: signIn, onState: status.set })
 }
+
+// The header: a way to the demo, and out (when signed in with a token).
+const nav = document.getElementById('nav')
+const signOut = h('button', {
+  type: 'button',
+  hidden: !token(),
+  onclick: () => { try { sessionStorage.removeItem(TOKEN_KEY) } catch {} signOut.hidden = true; route() }
+}, 'Sign out')
+nav.replaceChildren(h('a', { href: '/demo/welcome' }, 'Demo editor'), ' ', signOut)
 
 window.addEventListener('hashchange', route)
 route()

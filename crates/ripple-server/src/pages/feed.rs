@@ -99,19 +99,23 @@ fn op_error(e: OpError) -> Response {
     error(status, "room", e.to_string())
 }
 
-/// The room and what follows it in `/inspector/rooms/PARTY/ROOM[/ACTION]`, from the raw path.
-fn room_of<'a>(ctx: &ServerCtx, path: &'a str) -> Result<(RoomKey, Option<&'a str>), Response> {
+/// The room and what follows it in `/inspector/rooms/PARTY/ROOM[/ACTION]`, from the raw path;
+/// the answer to send when the path names no valid room.
+fn room_of<'a>(
+    ctx: &ServerCtx,
+    path: &'a str,
+) -> Result<(RoomKey, Option<&'a str>), Box<Response>> {
     let rest = path.strip_prefix("/inspector/rooms/").unwrap_or_default();
     let mut parts = rest.splitn(3, '/');
     let (Some(party), Some(room)) = (parts.next(), parts.next()) else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::NOT_FOUND,
             "not_found",
             "use /inspector/rooms/PARTY/ROOM",
-        ));
+        )));
     };
     let key = RoomKey::new(party, room, ctx.config.max_room_id_len)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_room", e.to_string()))?;
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, "bad_room", e.to_string())))?;
     Ok((key, parts.next()))
 }
 
@@ -383,7 +387,7 @@ async fn room_get(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response {
     }
     let (key, action) = match room_of(&ctx, req.uri().path()) {
         Ok(v) => v,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match action {
         None => room_feed(ctx, key),
@@ -434,26 +438,29 @@ fn room_feed(ctx: Arc<ServerCtx>, key: RoomKey) -> Response {
 /// Actions change things: besides the admin check they need a header no cross-site form or
 /// simple request can carry (so another site open in the same browser cannot press them,
 /// even on an open `ripple dev`).
-fn check_action(ctx: &ServerCtx, headers: &HeaderMap) -> Result<(), Response> {
-    super::admit(ctx, headers).map_err(IntoResponse::into_response)?;
+/// Returns the refusal to send, if any.
+fn check_action(ctx: &ServerCtx, headers: &HeaderMap) -> Option<Response> {
+    if let Err(refusal) = super::admit(ctx, headers) {
+        return Some(refusal.into_response());
+    }
     if !headers.contains_key("x-ripple-inspector") {
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "forbidden",
             "inspector actions need the X-Ripple-Inspector header",
         ));
     }
-    Ok(())
+    None
 }
 
 /// `POST .../compact` and `POST .../close`.
 async fn room_post(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response {
-    if let Err(response) = check_action(&ctx, req.headers()) {
-        return response;
+    if let Some(refused) = check_action(&ctx, req.headers()) {
+        return refused;
     }
     let (key, action) = match room_of(&ctx, req.uri().path()) {
         Ok(v) => v,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match action {
         Some("compact") => match ctx.ops.compact(&key).await {
@@ -474,12 +481,12 @@ async fn room_post(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response 
 
 /// `DELETE /inspector/rooms/PARTY/ROOM`.
 async fn room_delete(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response {
-    if let Err(response) = check_action(&ctx, req.headers()) {
-        return response;
+    if let Some(refused) = check_action(&ctx, req.headers()) {
+        return refused;
     }
     let (key, action) = match room_of(&ctx, req.uri().path()) {
         Ok(v) => v,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if action.is_some() || req.method() != Method::DELETE {
         return error(
