@@ -20,8 +20,11 @@ const ydoc = new Y.Doc()
 const provider = new WebsocketProvider(wsBase, room, ydoc, { disableBc: true })
 const ytext = ydoc.getText('codemirror')
 
-// Who I am: a name kept in this browser, a colour from my awareness client id.
-const colour = COLOURS[ydoc.clientID % COLOURS.length]
+// Who I am: a name kept in this browser, a colour from my awareness client id (changed once,
+// just after joining, if someone already here has it and another is free).
+let colour = COLOURS[ydoc.clientID % COLOURS.length]
+let colourChecked = false
+const joinedAt = Date.now()
 const nameInput = $('name')
 let name = ''
 try { name = localStorage.getItem('ripple-demo-name') || '' } catch {}
@@ -90,4 +93,15 @@ const showPeople = () => {
   people.replaceChildren(...items)
 }
 provider.awareness.on('change', showPeople)
+provider.awareness.on('change', () => {
+  const others = [...provider.awareness.getStates()].filter(([id, s]) => id !== ydoc.clientID && s.user)
+  if (colourChecked || !others.length || Date.now() - joinedAt > 3000) return
+  colourChecked = true
+  const taken = new Set(others.map(([, s]) => s.user.color))
+  const free = COLOURS.filter((c) => !taken.has(c))
+  if (taken.has(colour) && free.length) {
+    colour = free[ydoc.clientID % free.length]
+    setUser()
+  }
+})
 showPeople()

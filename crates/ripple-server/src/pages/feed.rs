@@ -439,9 +439,22 @@ fn room_feed(ctx: Arc<ServerCtx>, key: RoomKey) -> Response {
 /// simple request can carry (so another site open in the same browser cannot press them,
 /// even on an open `ripple dev`).
 /// Returns the refusal to send, if any.
+///
+/// On an open inspector (`ripple dev`) there is no token, so a page of another site that got
+/// its name to resolve to this machine (DNS rebinding) would be same-origin and could send the
+/// header: open actions are answered only when the request names the server by an IP address
+/// or `localhost`, which such a page cannot do.
 fn check_action(ctx: &ServerCtx, headers: &HeaderMap) -> Option<Response> {
     if let Err(refusal) = super::admit(ctx, headers) {
         return Some(refusal.into_response());
+    }
+    if ctx.config.inspector == super::InspectorAccess::Open && !names_this_machine(headers) {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "on an open inspector, actions need the server named by address or localhost \
+             (e.g. http://127.0.0.1:1999/), not by a host name",
+        ));
     }
     if !headers.contains_key("x-ripple-inspector") {
         return Some(error(
@@ -451,6 +464,26 @@ fn check_action(ctx: &ServerCtx, headers: &HeaderMap) -> Option<Response> {
         ));
     }
     None
+}
+
+/// Whether the `Host` header is an IP address or `localhost` (with any port).
+fn names_this_machine(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6
+                .split(']')
+                .next()
+                .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    let name = name.to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
 }
 
 /// `POST .../compact` and `POST .../close`.
@@ -504,6 +537,34 @@ async fn room_delete(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_actions_want_the_server_named_by_address() {
+        let with_host = |host: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, host.parse().expect("header"));
+            h
+        };
+        for ok in [
+            "127.0.0.1:1999",
+            "localhost:1999",
+            "LOCALHOST",
+            "10.0.0.5",
+            "[::1]:1999",
+            "app.localhost:3000",
+        ] {
+            assert!(names_this_machine(&with_host(ok)), "{ok}");
+        }
+        for bad in [
+            "evil.example:1999",
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "[nope]:1",
+        ] {
+            assert!(!names_this_machine(&with_host(bad)), "{bad}");
+        }
+        assert!(!names_this_machine(&HeaderMap::new()));
+    }
 
     /// A viewer that stops reading costs nothing: the feed builds an event only when asked for
     /// the next one, so after a long pause it sends the state of now, not a backlog.
