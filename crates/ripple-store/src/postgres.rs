@@ -118,6 +118,8 @@ struct Sql {
     move_update: String,
     move_snapshot: String,
     list: String,
+    advertise: String,
+    node_url: String,
     rooms: String,
     acquire: String,
     lease_of: String,
@@ -225,6 +227,12 @@ impl Sql {
                 "UPDATE {s}.leases SET expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond'
                  WHERE party = $1 AND room = $2 AND epoch = $3"
             ),
+            advertise: format!(
+                "INSERT INTO {s}.nodes (node, url, updated_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (node) DO UPDATE SET url = EXCLUDED.url,
+                     updated_ms = EXCLUDED.updated_ms"
+            ),
+            node_url: format!("SELECT url FROM {s}.nodes WHERE node = $1"),
             // The row stays: epochs never go back.
             release: format!(
                 "UPDATE {s}.leases SET expires_at = clock_timestamp()
@@ -284,6 +292,16 @@ fn migrations(schema: &str) -> Vec<(i32, String)> {
                 epoch BIGINT NOT NULL,
                 expires_at TIMESTAMPTZ NOT NULL,
                 PRIMARY KEY (party, room)
+            );"
+            ),
+        ),
+        (
+            3,
+            format!(
+                "CREATE TABLE {s}.nodes (
+                node TEXT COLLATE \"C\" PRIMARY KEY,
+                url TEXT NOT NULL,
+                updated_ms BIGINT NOT NULL
             );"
             ),
         ),
@@ -656,6 +674,30 @@ impl PostgresStore {
         Err(Failure::Fatal(fenced(epoch, current)))
     }
 
+    async fn try_advertise(&self, node: &str, url: &str) -> Result<(), Failure> {
+        let client = self.pool.get().await.map_err(pool_failure)?;
+        client
+            .execute(
+                self.sql.advertise.as_str(),
+                &[&node, &url, &record::now_ms()],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn try_node_url(&self, node: &str) -> Result<Option<String>, Failure> {
+        let client = self.pool.get().await.map_err(pool_failure)?;
+        let row = client
+            .query_opt(self.sql.node_url.as_str(), &[&node])
+            .await
+            .map_err(classify)?;
+        match row {
+            Some(row) => Ok(Some(column(&row, 0)?)),
+            None => Ok(None),
+        }
+    }
+
     async fn try_list(&self) -> Result<Vec<RoomInfo>, Failure> {
         let client = self.pool.get().await.map_err(pool_failure)?;
         let rows = client
@@ -783,6 +825,18 @@ impl Store for PostgresStore {
         epoch: Epoch,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(retrying(move || self.try_extend(room, epoch, None)))
+    }
+
+    fn advertise<'a>(
+        &'a self,
+        node: &'a str,
+        url: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(retrying(move || self.try_advertise(node, url)))
+    }
+
+    fn node_url<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(retrying(move || self.try_node_url(node)))
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
