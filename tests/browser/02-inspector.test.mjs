@@ -80,6 +80,10 @@ test('the inspector lists rooms live, shows a room\'s members, awareness and doc
   await bob.context().close()
   await waitFor('one member left', async () => (await inspector.locator('#members tbody tr').count()) === 1)
   await waitFor('Bob gone from awareness', async () => !(await inspector.locator('#awareness').innerText()).includes('Bob'))
+  await inspector.click('text=← All rooms')
+  await waitFor('the list to show 1 connection', async () => (await membersCell(inspector, 'room-x')) === '1')
+  await inspector.click('#rooms a:text-is("room-x")')
+  await waitFor('the room page again', async () => (await inspector.locator('#members tbody tr').count()) === 1)
 
   // Download the state: a Yjs update holding the text.
   const [download] = await Promise.all([inspector.waitForEvent('download'), inspector.click('#download-bin')])

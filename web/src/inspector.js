@@ -198,6 +198,9 @@ function roomsPage (signal) {
     if (!rows.length) tbody.replaceChildren(h('tr', h('td', { colspan: 7 }, q ? 'No room matches.' : 'No rooms yet. Open /demo/welcome in a tab to make one.')))
   }
   filter.addEventListener('input', render)
+  // "N s ago" moves on between events.
+  const ticker = setInterval(render, 1000)
+  signal.addEventListener('abort', () => clearInterval(ticker))
   follow('/inspector/rooms', signal, (name, data) => {
     if (name === 'rooms') { last = data; render() }
   }, { onUnauthorized: signIn, onState: status.set })
