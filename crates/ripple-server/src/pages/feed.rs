@@ -13,8 +13,9 @@
 //! Bounded per viewer: a feed computes its next event only when the previous one has been
 //! taken by the socket (the body is a stream hyper polls when it can write), so a slow viewer
 //! holds one event, never a backlog; an event is a snapshot, so nothing is lost by skipping.
-//! At most [`MAX_VIEWERS`] feeds run at once (more get 503), and a rooms event lists at most
-//! [`MAX_LISTED`] rooms.
+//! At most [`MAX_VIEWERS`] feeds run at once in the process (more get 503), a rooms event lists
+//! at most [`MAX_LISTED`] rooms, and asks at most [`MAX_INSPECTED`] of them for details once per
+//! [`INSPECT_EVERY`] (member counts come from the registry every tick).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -54,6 +55,9 @@ const MAX_LISTED: usize = 500;
 /// Loaded rooms asked for their details per rooms event (those with the most members); the
 /// others show their member count only.
 const MAX_INSPECTED: usize = 100;
+/// How often the rooms feed asks those rooms for their details (member counts, which the
+/// registry keeps, are read every tick).
+const INSPECT_EVERY: Duration = Duration::from_secs(1);
 
 /// The close code and reason the inspector's "close connections" sends: clients reconnect.
 const CLOSE: (u16, &str) = (
@@ -222,8 +226,17 @@ struct RoomsState {
     stored: Vec<ripple_core::RoomInfo>,
     listed_at: Option<Instant>,
     list_error: Option<String>,
-    /// Per inspected room: when and at which sequence number it was last seen.
-    seqs: HashMap<RoomKey, (Instant, u64, f64)>,
+    inspected_at: Option<Instant>,
+    /// Per inspected room, as of the last inspection.
+    details: HashMap<RoomKey, Detail>,
+}
+
+/// What the rooms list shows of an inspected room.
+struct Detail {
+    doc_bytes: u64,
+    last_change_ms: Option<u64>,
+    /// When and at which sequence number it was inspected, and the rate measured then.
+    rate: (Instant, u64, f64),
 }
 
 async fn rooms_feed(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response {
@@ -245,7 +258,8 @@ async fn rooms_feed(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response
         stored: Vec::new(),
         listed_at: None,
         list_error: None,
-        seqs: HashMap::new(),
+        inspected_at: None,
+        details: HashMap::new(),
     };
     sse(
         &ctx,
@@ -271,40 +285,51 @@ async fn rooms_event(s: &mut RoomsState) -> Option<Bytes> {
     }
     let mut loaded = ctx.ops.loaded().await;
     loaded.sort_by(|a, b| b.members.cmp(&a.members).then_with(|| a.key.cmp(&b.key)));
-    let inspected = futures_util::future::join_all(
-        loaded
-            .iter()
-            .take(MAX_INSPECTED)
-            .map(|l| ctx.ops.inspect(&l.key)),
-    )
-    .await;
-    let mut rows: HashMap<RoomKey, RoomRow> = HashMap::new();
-    let now = Instant::now();
-    let mut seqs = HashMap::new();
-    for (i, l) in loaded.iter().enumerate() {
-        let view = inspected.get(i).and_then(|r| r.as_ref().ok());
-        let mut row = RoomRow {
-            party: l.key.party().to_owned(),
-            room: l.key.room().to_owned(),
-            loaded: true,
-            members: Some(l.members),
-            doc_bytes: None,
-            stored_bytes: None,
-            stored_updates: None,
-            updates_per_sec: None,
-            last_change_ms: None,
-        };
-        if let Some(view) = view {
-            row.members = Some(view.members.len());
-            row.doc_bytes = Some(view.doc_bytes);
-            row.last_change_ms = view.recent.last().map(|u| u.at_ms);
-            let rate = update_rate(s.seqs.get(&l.key), now, view);
-            row.updates_per_sec = Some(rate.2);
-            seqs.insert(l.key.clone(), rate);
+    if s.inspected_at
+        .is_none_or(|at| at.elapsed() >= INSPECT_EVERY)
+    {
+        s.inspected_at = Some(Instant::now());
+        let views = futures_util::future::join_all(
+            loaded
+                .iter()
+                .take(MAX_INSPECTED)
+                .map(|l| ctx.ops.inspect(&l.key)),
+        )
+        .await;
+        let now = Instant::now();
+        let mut details = HashMap::new();
+        for (l, view) in loaded.iter().zip(views) {
+            let Ok(view) = view else { continue };
+            let last = s.details.get(&l.key).map(|d| &d.rate);
+            details.insert(
+                l.key.clone(),
+                Detail {
+                    doc_bytes: view.doc_bytes,
+                    last_change_ms: view.recent.last().map(|u| u.at_ms),
+                    rate: update_rate(last, now, &view),
+                },
+            );
         }
-        rows.insert(l.key.clone(), row);
+        s.details = details;
     }
-    s.seqs = seqs;
+    let mut rows: HashMap<RoomKey, RoomRow> = HashMap::new();
+    for l in &loaded {
+        let detail = s.details.get(&l.key);
+        rows.insert(
+            l.key.clone(),
+            RoomRow {
+                party: l.key.party().to_owned(),
+                room: l.key.room().to_owned(),
+                loaded: true,
+                members: Some(l.members),
+                doc_bytes: detail.map(|d| d.doc_bytes),
+                stored_bytes: None,
+                stored_updates: None,
+                updates_per_sec: detail.map(|d| d.rate.2),
+                last_change_ms: detail.and_then(|d| d.last_change_ms),
+            },
+        );
+    }
     for info in &s.stored {
         let row = rows.entry(info.key.clone()).or_insert_with(|| RoomRow {
             party: info.key.party().to_owned(),
