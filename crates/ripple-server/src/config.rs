@@ -149,6 +149,10 @@ pub struct Config {
     /// Never serialized.
     #[serde(skip_serializing)]
     pub cluster_secret: String,
+    /// Connections to Postgres per node (one carries the group-committing writer; loads,
+    /// compactions and leases share the rest). Mind the server's `max_connections` across
+    /// all nodes.
+    pub postgres_pool_size: usize,
     /// How the other nodes reach this one (`ws://10.0.0.5:1999`). Empty: `ws://` plus the bound
     /// address, when the host is a specific address (not 0.0.0.0 or ::).
     pub advertise_url: String,
@@ -225,6 +229,7 @@ impl Default for Config {
             lease_ttl_secs: 10.0,
             inspector: Default::default(),
             cluster_secret: String::new(),
+            postgres_pool_size: 8,
             advertise_url: String::new(),
             auth: AuthSettings::default(),
             admin: AdminConfig::default(),

@@ -13,7 +13,8 @@
 //! so does every append and compaction, which then checks its epoch against `leases` in the same
 //! transaction: a stale owner's write is refused as [`LeaseError::Fenced`] and never commits.
 //!
-//! Connections are plain TCP (`NoTls`); the schema name is validated and is the only thing ever
+//! Connections are plain TCP, or TLS as the URL's `sslmode` asks (`pg_tls.rs`: require,
+//! verify-ca, verify-full, with `sslrootcert`); the schema name is validated and is the only thing ever
 //! spliced into SQL. Room keys are bound parameters.
 
 use std::collections::HashMap;
@@ -384,6 +385,8 @@ impl PostgresStore {
         options: &PostgresOptions,
     ) -> Result<Self, StoreError> {
         validate_schema(&options.schema)?;
+        let (url, verify, root) = crate::pg_tls::split_url(url)?;
+        let tls = crate::pg_tls::connector(&verify, root.as_deref())?;
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!("invalid postgres url: {}", describe(&e)))
         })?;
@@ -403,13 +406,13 @@ impl PostgresStore {
         };
         config.options(session_options);
 
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls {
+            Some(tls) => Manager::from_config(config.clone(), tls, manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(2))
             .runtime(Runtime::Tokio1)
@@ -722,6 +725,20 @@ impl PostgresStore {
             }
         }
         Ok(infos)
+    }
+
+    /// Test hook: whether a pooled connection is encrypted (TLS).
+    #[cfg(test)]
+    pub(crate) async fn pooled_ssl(&self) -> Result<bool, StoreError> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.get(0))
     }
 
     /// Test hook: runs a compaction on a connection of its own up to `stop_after`, then

@@ -63,6 +63,9 @@ pub struct ServerArgs {
     /// forwarding clients to a room's owner).
     #[arg(long, env = "RIPPLE_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Connections to Postgres per node [default: 8].
+    #[arg(long, env = "RIPPLE_POSTGRES_POOL_SIZE")]
+    pub postgres_pool_size: Option<usize>,
 }
 
 /// `ripple serve`.
@@ -180,6 +183,9 @@ fn load_server(args: &ServerArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = &args.cluster_secret {
         config.cluster_secret = v.clone();
+    }
+    if let Some(v) = args.postgres_pool_size {
+        config.postgres_pool_size = v;
     }
     Ok(config)
 }

@@ -677,3 +677,59 @@ async fn http_status(port: u16, path: &str) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status in {out:?}"))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres (RIPPLE_TEST_DATABASE_URL)"]
+async fn a_node_keeps_to_its_postgres_pool_size() {
+    let db = TestDb::create("pool").await;
+    let node = Node::clustered(&db.url, "10", &["--postgres-pool-size", "3"]);
+    // Many rooms at once: loads, leases and appends all want connections.
+    let node = &node;
+    let joins = (0..24).map(|i| async move { node.try_client(&format!("pool-{i}")).await });
+    let mut clients: Vec<Client> = futures_util::future::join_all(joins)
+        .await
+        .into_iter()
+        .map(|c| c.expect("served"))
+        .collect();
+    for c in &clients {
+        put(c, "x");
+    }
+    for c in &mut clients {
+        wait_count(c, 1).await;
+    }
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = 'ripple'",
+            &[],
+        )
+        .await
+        .expect("count");
+    let used: i64 = row.get(0);
+    assert!(
+        (1..=3).contains(&used),
+        "{used} connections from a node with postgres_pool_size = 3"
+    );
+    drop(clients);
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres (RIPPLE_TEST_DATABASE_URL)"]
+async fn a_clustered_node_on_every_interface_must_say_where_it_is_reached() {
+    let db = TestDb::create("advertise").await;
+    let out = ripple()
+        .args(["serve", "--host", "0.0.0.0", "--port", "0", "--storage", &db.url])
+        .args(["--cluster-secret", SECRET])
+        .env("RIPPLE_LOG", "warn")
+        .output()
+        .expect("run ripple");
+    assert!(!out.status.success(), "started without an address to advertise");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("advertise_url"), "{stderr}");
+    db.drop_db().await;
+}
