@@ -159,6 +159,9 @@ pub struct Config {
     /// Threads running connections and rooms; 0 means one per CPU core. (Storage writes and
     /// document loads run on their own threads either way.)
     pub worker_threads: usize,
+    /// Who may open the inspector at `/`: `"admin"` (requests with the admin token; nobody
+    /// without one configured), `"open"` (`ripple dev`) or `"off"`.
+    pub inspector: crate::pages::InspectorAccess,
     /// Client authentication (`[auth]`). Never serialized: it may hold secrets.
     #[serde(skip_serializing)]
     pub auth: AuthSettings,
@@ -224,6 +227,7 @@ impl Default for Config {
             worker_threads: 0,
             node_id: String::new(),
             lease_ttl_secs: 10.0,
+            inspector: Default::default(),
             cluster_secret: String::new(),
             postgres_pool_size: 8,
             advertise_url: String::new(),

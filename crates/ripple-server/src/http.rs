@@ -2,6 +2,7 @@
 //! `/parties/:party/:room`, `/party/:room` (legacy, party `main`) and `/:room`. Room ids are the
 //! raw path segments, as PartyKit treats them; authorization runs here, before the upgrade.
 //! `/metrics` needs the admin token when one is configured; `/healthz` and `/readyz` are open.
+//! Plain GETs of `/`, `/demo/ROOM` and `/assets/...` are pages (`pages.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub(crate) fn router(ctx: Arc<ServerCtx>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .merge(crate::pages::routes())
         .route(crate::cluster::LINK_PATH, get(link))
         .fallback(websocket)
         .with_state(ctx)
@@ -120,7 +122,7 @@ fn reject(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, reason.into()).into_response()
 }
 
-async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response {
+pub(crate) async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
     let Some((party, room)) = room_path(&parts.uri) else {
         return reject(

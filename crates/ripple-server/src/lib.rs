@@ -15,6 +15,7 @@ mod member;
 #[allow(dead_code)]
 mod ops;
 mod origin;
+mod pages;
 mod peer;
 mod quota;
 mod registry;
@@ -34,6 +35,7 @@ use tracing::{info, warn};
 
 pub use auth::{AllowAll, Authorize};
 pub use config::{Config, Durability, PersistMode};
+pub use pages::InspectorAccess;
 pub use stats::Stats;
 pub use token_auth::TokenAuth;
 

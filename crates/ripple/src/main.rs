@@ -165,6 +165,7 @@ async fn serve(mut config: Config, dev: bool) -> anyhow::Result<()> {
         info!(
             "connect WebsocketProvider('ws://{local}', ROOM) or YPartyKitProvider('{local}', ROOM); Ctrl-C stops"
         );
+        info!("in a browser: http://{local}/ (the inspector), http://{local}/demo/welcome (a shared editor)");
     }
     let mut server = Server::new(config, store);
     server.auth = authorizer;

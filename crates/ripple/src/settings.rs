@@ -145,6 +145,10 @@ pub fn load_dev(args: &DevArgs) -> anyhow::Result<Config> {
     config.host = args.host.clone().unwrap_or_else(|| "127.0.0.1".into());
     // A developer mistyping a token should not lock themselves out of their own laptop.
     config.auth_throttle_attempts = 0;
+    // The inspector is open on the developer's own machine (unless turned off).
+    if config.inspector == ripple_server::InspectorAccess::Admin {
+        config.inspector = ripple_server::InspectorAccess::Open;
+    }
     Ok(config)
 }
 
