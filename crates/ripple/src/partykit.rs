@@ -102,7 +102,9 @@ pub fn unwrap_v8(value: &[u8]) -> Result<&[u8], String> {
     pos += 1;
     let version = read_varint(value, &mut pos, 5)?;
     if !(13..=15).contains(&version) {
-        return Err(format!("V8 serialization version {version} (expected 13 to 15)"));
+        return Err(format!(
+            "V8 serialization version {version} (expected 13 to 15)"
+        ));
     }
     let t = tag(&mut pos)?;
     if t != V8_ARRAY_BUFFER {
@@ -125,7 +127,9 @@ pub fn unwrap_v8(value: &[u8]) -> Result<&[u8], String> {
     let sub = *value.get(pos).ok_or("truncated V8 view")?;
     pos += 1;
     if sub != V8_UINT8_ARRAY {
-        return Err(format!("the V8 view is not a Uint8Array (subtag {sub:#04x})"));
+        return Err(format!(
+            "the V8 view is not a Uint8Array (subtag {sub:#04x})"
+        ));
     }
     let offset = usize::try_from(read_varint(value, &mut pos, 5)?).map_err(|e| e.to_string())?;
     let length = usize::try_from(read_varint(value, &mut pos, 5)?).map_err(|e| e.to_string())?;
@@ -142,9 +146,7 @@ pub fn unwrap_v8(value: &[u8]) -> Result<&[u8], String> {
         .checked_add(length)
         .and_then(|end| buffer.get(offset..end))
         .ok_or_else(|| {
-            format!(
-                "the Uint8Array view ({offset}+{length}) reaches past its {len}-byte buffer"
-            )
+            format!("the Uint8Array view ({offset}+{length}) reaches past its {len}-byte buffer")
         })
 }
 
@@ -297,7 +299,10 @@ fn decode_stored_state_vector(bytes: &[u8]) -> Result<Vec<(u64, u64)>, String> {
     let count = read_varint(sv, &mut p, 10)?;
     // Each entry takes at least 2 bytes: a count beyond that is a lie, not an allocation.
     if count > (sv.len() as u64) / 2 {
-        return Err(format!("state vector claims {count} entries in {} bytes", sv.len()));
+        return Err(format!(
+            "state vector claims {count} entries in {} bytes",
+            sv.len()
+        ));
     }
     let mut entries = Vec::new();
     for _ in 0..count {
@@ -395,7 +400,11 @@ fn copy_store(db: &Path, into: &Path) -> Result<PathBuf, String> {
     let wal = PathBuf::from(format!("{}-wal", db.display()));
     let copy = into.join("room.sqlite");
     let copy_wal = into.join("room.sqlite-wal");
-    let stamp = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
     for _ in 0..5 {
         let before = (stamp(db), stamp(&wal));
         std::fs::copy(db, &copy).map_err(|e| format!("copying: {e}"))?;
@@ -630,10 +639,9 @@ async fn open_target(
         if embedded && !config.data_dir.join(ripple_store::sqlite::DB_FILE).exists() {
             return Ok((None, max_len, None));
         }
-        let backend =
-            Backend::open_existing(&config.storage, &config.data_dir, Durability::Strict)
-                .await
-                .context("opening storage")?;
+        let backend = Backend::open_existing(&config.storage, &config.data_dir, Durability::Strict)
+            .await
+            .context("opening storage")?;
         return Ok((Some(backend), max_len, None));
     }
     // Locked before opening: no server can start on the directory mid-import.
@@ -667,7 +675,9 @@ async fn store_room(
         match store.acquire(key, &owner, LEASE_TTL).await {
             Ok(grant) => grant.epoch,
             Err(ripple_core::StoreError::Lease(e)) => {
-                return Err(format!("{e}; a running node serves this room: try when it is idle"))
+                return Err(format!(
+                    "{e}; a running node serves this room: try when it is idle"
+                ))
             }
             Err(e) => return Err(e.to_string()),
         }
@@ -833,8 +843,7 @@ pub async fn run(args: ImportPartykitArgs) -> anyhow::Result<bool> {
             match &store {
                 None => line.status = Status::WouldImport,
                 Some(store) => {
-                    match store_room(store.as_ref(), &key, &merged, args.merge, args.dry_run)
-                        .await
+                    match store_room(store.as_ref(), &key, &merged, args.merge, args.dry_run).await
                     {
                         Ok((status, detail)) => {
                             line.status = status;
