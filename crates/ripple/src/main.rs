@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod partykit;
+mod partykit_json;
 mod settings;
 mod token;
 

@@ -37,9 +37,9 @@ use crate::settings::{self, StorageArgs};
 /// `ripple import-partykit`.
 #[derive(Debug, Args)]
 pub struct ImportPartykitArgs {
-    /// PartyKit's state folder (what `partykit dev --persist` wrote).
-    #[arg(default_value = ".partykit/state")]
-    pub dir: PathBuf,
+    /// PartyKit's state folder (what `partykit dev --persist` wrote) [default: partykit.json's
+    /// `persist` folder if it names one, else .partykit/state].
+    pub dir: Option<PathBuf>,
     /// Read and check everything, print what would be imported, write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -763,7 +763,17 @@ async fn store_leased(
 /// skipped (false: something was skipped because of an error).
 pub async fn run(args: ImportPartykitArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
-    let files = find_files(&args.dir)?;
+    let dir = match &args.dir {
+        Some(dir) => dir.clone(),
+        None => match crate::partykit_json::read(Path::new(".")) {
+            Some(Ok(crate::partykit_json::Adopted {
+                persist_dir: Some(dir),
+                ..
+            })) => PathBuf::from(dir),
+            _ => PathBuf::from(crate::partykit_json::DEFAULT_STATE_DIR),
+        },
+    };
+    let files = find_files(&dir)?;
     let (backend, max_len, _lock) = open_target(&args.settings, args.dry_run).await?;
     let store = backend.as_ref().map(Backend::store);
     let mut printer = Printer {
