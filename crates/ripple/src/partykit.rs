@@ -48,9 +48,20 @@ pub struct ImportPartykitArgs {
     #[arg(long)]
     pub merge: bool,
     /// Print JSON lines instead of a table: {"party", "room", "status", "updates", "bytes",
-    /// "roots", "detail", "file"}.
+    /// "roots", "detail", "source"}.
     #[arg(long)]
     pub json: bool,
+    /// Instead of a state folder: a deployed PartyKit project (https://PROJECT.USER.partykit.dev)
+    /// whose server answers GET /parties/PARTY/ROOM with the room's Yjs update (an onRequest
+    /// export; see docs/migrating-from-partykit.md).
+    #[arg(long, value_name = "URL", conflicts_with = "dir")]
+    pub from_url: Option<String>,
+    /// With --from-url: the rooms to fetch, one per line, PARTY/ROOM or ROOM (party main).
+    #[arg(long, value_name = "FILE", requires = "from_url")]
+    pub rooms: Option<PathBuf>,
+    /// With --from-url: a header for every request, "NAME: VALUE" (e.g. an export token).
+    #[arg(long = "header", value_name = "NAME: VALUE", requires = "from_url")]
+    pub headers: Vec<String>,
     #[command(flatten)]
     pub settings: StorageArgs,
 }
@@ -316,6 +327,40 @@ fn decode_stored_state_vector(bytes: &[u8]) -> Result<Vec<(u64, u64)>, String> {
     Ok(entries)
 }
 
+/// The merged document of `updates` (applied in order, in one transaction): its state as one
+/// update, its root names, its state vector, and whether some updates wait for missing ones.
+type Merged = (
+    Vec<u8>,
+    Vec<String>,
+    std::collections::HashMap<u64, u32>,
+    bool,
+);
+
+fn merge_updates(updates: Vec<yrs::Update>) -> Result<Merged, String> {
+    // yrs has panicked on crafted updates (see fuzz/): a panic costs this room, not the run.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let doc = Doc::new();
+        {
+            let mut txn = doc.transact_mut();
+            for (i, update) in updates.into_iter().enumerate() {
+                txn.apply_update(update)
+                    .map_err(|e| format!("update #{i} does not apply: {e}"))?;
+            }
+        }
+        let txn = doc.transact();
+        let state = txn.encode_state_as_update_v1(&StateVector::default());
+        let mut roots: Vec<String> = txn.root_refs().map(|(name, _)| name.to_owned()).collect();
+        roots.sort();
+        let have = txn
+            .state_vector()
+            .iter()
+            .map(|(client, clock)| (client.get(), *clock))
+            .collect();
+        Ok((state, roots, have, txn.has_missing_updates()))
+    }))
+    .map_err(|_| "yrs panicked while merging the updates".to_owned())?
+}
+
 /// Reassembles, unwraps, decodes and merges one room's updates (in clock order, as y-partykit
 /// loads them). Nothing here writes anything; any error means the room is skipped whole.
 fn merge_room(raw: &RawRoom) -> Result<MergedRoom, String> {
@@ -337,28 +382,7 @@ fn merge_room(raw: &RawRoom) -> Result<MergedRoom, String> {
         )
     };
     let count = updates.len();
-    // yrs has panicked on crafted updates (see fuzz/): a panic costs this room, not the run.
-    let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-        let doc = Doc::new();
-        {
-            let mut txn = doc.transact_mut();
-            for (i, update) in updates.into_iter().enumerate() {
-                txn.apply_update(update)
-                    .map_err(|e| format!("update #{i} does not apply: {e}"))?;
-            }
-        }
-        let txn = doc.transact();
-        let state = txn.encode_state_as_update_v1(&StateVector::default());
-        let mut roots: Vec<String> = txn.root_refs().map(|(name, _)| name.to_owned()).collect();
-        roots.sort();
-        let have: std::collections::HashMap<u64, u32> = txn
-            .state_vector()
-            .iter()
-            .map(|(client, clock)| (client.get(), *clock))
-            .collect();
-        Ok::<_, String>((state, roots, have, txn.has_missing_updates()))
-    }))
-    .map_err(|_| "yrs panicked while merging the updates".to_owned())??;
+    let merged = merge_updates(updates)?;
     let (state, roots, have, missing) = merged;
     if missing {
         warnings.push(
@@ -521,7 +545,8 @@ struct Line {
     bytes: usize,
     roots: Vec<String>,
     detail: String,
-    file: PathBuf,
+    /// The file (or URL) the room came from.
+    source: String,
 }
 
 struct Printer {
@@ -541,7 +566,7 @@ impl Printer {
                 "bytes": line.bytes,
                 "roots": line.roots,
                 "detail": line.detail,
-                "file": line.file.display().to_string(),
+                "source": line.source,
             });
             return writeln!(out, "{v}");
         }
@@ -554,7 +579,7 @@ impl Printer {
             )?;
         }
         let name = if line.room.is_empty() {
-            line.file.display().to_string()
+            line.source.clone()
         } else {
             format!("{}/{}", line.party, line.room)
         };
@@ -759,39 +784,92 @@ async fn store_leased(
     ))
 }
 
-/// Runs `ripple import-partykit`. Returns whether everything found was imported or deliberately
-/// skipped (false: something was skipped because of an error).
-pub async fn run(args: ImportPartykitArgs) -> anyhow::Result<bool> {
-    let started = Instant::now();
-    let dir = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => match crate::partykit_json::read(Path::new(".")) {
-            Some(Ok(crate::partykit_json::Adopted {
-                persist_dir: Some(dir),
-                ..
-            })) => PathBuf::from(dir),
-            _ => PathBuf::from(crate::partykit_json::DEFAULT_STATE_DIR),
-        },
-    };
-    let files = find_files(&dir)?;
-    let (backend, max_len, _lock) = open_target(&args.settings, args.dry_run).await?;
-    let store = backend.as_ref().map(Backend::store);
-    let mut printer = Printer {
-        json: args.json,
-        header_done: false,
-    };
-    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let mut errors = 0;
-    for (party, file) in files {
-        let mut emit = |line: Line| -> anyhow::Result<()> {
-            *counts.entry(line.status.as_str()).or_default() += 1;
-            if line.status == Status::Error {
-                errors += 1;
-            }
-            printer.print(&line)?;
-            Ok(())
+/// Where the rooms come from, and the counts of what happened to them.
+struct Run {
+    store: Option<std::sync::Arc<dyn Store>>,
+    max_len: usize,
+    merge: bool,
+    dry_run: bool,
+    printer: Printer,
+    counts: BTreeMap<&'static str, usize>,
+}
+
+impl Run {
+    fn emit(&mut self, line: &Line) -> anyhow::Result<()> {
+        *self.counts.entry(line.status.as_str()).or_default() += 1;
+        self.printer.print(line)?;
+        Ok(())
+    }
+
+    fn errors(&self) -> usize {
+        self.counts
+            .get(Status::Error.as_str())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Imports one room whose data was read (`merged`, or why it could not be), and prints its
+    /// line. `found` is the number of updates found, for the line when merging failed.
+    async fn room(
+        &mut self,
+        party: &str,
+        room: &str,
+        found: usize,
+        merged: Result<MergedRoom, String>,
+        source: &str,
+    ) -> anyhow::Result<()> {
+        let mut line = Line {
+            status: Status::Error,
+            party: party.to_owned(),
+            room: room.to_owned(),
+            updates: found,
+            bytes: 0,
+            roots: Vec::new(),
+            detail: String::new(),
+            source: source.to_owned(),
         };
-        let file_error = |detail: String| Line {
+        let key = match RoomKey::new(party, room, self.max_len) {
+            Ok(k) => k,
+            Err(e) => {
+                line.detail = format!("not a Ripple room id: {e}");
+                return self.emit(&line);
+            }
+        };
+        let merged = match merged {
+            Ok(m) => m,
+            Err(e) => {
+                line.detail = e;
+                return self.emit(&line);
+            }
+        };
+        line.updates = merged.updates;
+        line.bytes = merged.state.len();
+        line.roots = merged.roots.clone();
+        let mut notes = merged.warnings.clone();
+        match &self.store {
+            None => line.status = Status::WouldImport,
+            Some(store) => {
+                match store_room(store.as_ref(), &key, &merged, self.merge, self.dry_run).await {
+                    Ok((status, detail)) => {
+                        line.status = status;
+                        if !detail.is_empty() {
+                            notes.insert(0, detail);
+                        }
+                    }
+                    Err(e) => {
+                        line.status = Status::Error;
+                        notes.insert(0, e);
+                    }
+                }
+            }
+        }
+        line.detail = notes.join("; ");
+        self.emit(&line)
+    }
+
+    /// A line for a whole file (or URL) that yielded no room.
+    fn failed(&mut self, source: &str, detail: String) -> anyhow::Result<()> {
+        self.emit(&Line {
             status: Status::Error,
             party: String::new(),
             room: String::new(),
@@ -799,12 +877,66 @@ pub async fn run(args: ImportPartykitArgs) -> anyhow::Result<bool> {
             bytes: 0,
             roots: Vec::new(),
             detail,
-            file: file.clone(),
-        };
+            source: source.to_owned(),
+        })
+    }
+}
+
+/// Runs `ripple import-partykit`. Returns whether everything found was imported or deliberately
+/// skipped (false: something was skipped because of an error).
+pub async fn run(args: ImportPartykitArgs) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    // Everything that can fail before a room is looked at fails here, before storage opens.
+    let from_url = match &args.from_url {
+        Some(url) => Some(remote::Source::new(
+            url,
+            args.rooms.as_deref(),
+            &args.headers,
+        )?),
+        None => None,
+    };
+    let files = match from_url {
+        Some(_) => Vec::new(),
+        None => {
+            let dir = match &args.dir {
+                Some(dir) => dir.clone(),
+                None => match crate::partykit_json::read(Path::new(".")) {
+                    Some(Ok(crate::partykit_json::Adopted {
+                        persist_dir: Some(dir),
+                        ..
+                    })) => PathBuf::from(dir),
+                    _ => PathBuf::from(crate::partykit_json::DEFAULT_STATE_DIR),
+                },
+            };
+            find_files(&dir)?
+        }
+    };
+    let (backend, max_len, _lock) = open_target(&args.settings, args.dry_run).await?;
+    let max_doc_bytes = settings::load_storage(&args.settings)?.max_doc_bytes;
+    let mut run = Run {
+        store: backend.as_ref().map(Backend::store),
+        max_len,
+        merge: args.merge,
+        dry_run: args.dry_run,
+        printer: Printer {
+            json: args.json,
+            header_done: false,
+        },
+        counts: BTreeMap::new(),
+    };
+    if let Some(source) = from_url {
+        for (party, room) in source.rooms.clone() {
+            let url = source.room_url(&party, &room);
+            let merged = source.fetch(&url, max_doc_bytes).await;
+            run.room(&party, &room, 1, merged, &url).await?;
+        }
+    }
+    for (party, file) in files {
+        let source = file.display().to_string();
         let party = match party {
             Ok(p) => p,
             Err(e) => {
-                emit(file_error(e))?;
+                run.failed(&source, e)?;
                 continue;
             }
         };
@@ -812,67 +944,17 @@ pub async fn run(args: ImportPartykitArgs) -> anyhow::Result<bool> {
         let read = tokio::task::spawn_blocking(move || read_file(&path))
             .await
             .context("reading a file")?;
-        let contents = match read {
-            Ok(c) => c,
-            Err(e) => {
-                emit(file_error(e))?;
-                continue;
-            }
-        };
-        for (room, raw) in &contents.rooms {
-            let mut line = Line {
-                status: Status::Error,
-                party: party.clone(),
-                room: room.clone(),
-                updates: raw.updates.len(),
-                bytes: 0,
-                roots: Vec::new(),
-                detail: String::new(),
-                file: file.clone(),
-            };
-            let key = match RoomKey::new(&party, room, max_len) {
-                Ok(k) => k,
-                Err(e) => {
-                    line.detail = format!("not a Ripple room id: {e}");
-                    emit(line)?;
-                    continue;
-                }
-            };
-            let merged = match merge_room(raw) {
-                Ok(m) => m,
-                Err(e) => {
-                    line.detail = e;
-                    emit(line)?;
-                    continue;
-                }
-            };
-            line.updates = merged.updates;
-            line.bytes = merged.state.len();
-            line.roots = merged.roots.clone();
-            let mut notes = merged.warnings.clone();
-            match &store {
-                None => line.status = Status::WouldImport,
-                Some(store) => {
-                    match store_room(store.as_ref(), &key, &merged, args.merge, args.dry_run).await
-                    {
-                        Ok((status, detail)) => {
-                            line.status = status;
-                            if !detail.is_empty() {
-                                notes.insert(0, detail);
-                            }
-                        }
-                        Err(e) => {
-                            line.status = Status::Error;
-                            notes.insert(0, e);
-                        }
-                    }
+        match read {
+            Ok(contents) => {
+                for (room, raw) in &contents.rooms {
+                    run.room(&party, room, raw.updates.len(), merge_room(raw), &source)
+                        .await?;
                 }
             }
-            line.detail = notes.join("; ");
-            emit(line)?;
+            Err(e) => run.failed(&source, e)?,
         }
     }
-    let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    let summary: Vec<String> = run.counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
     let summary = if summary.is_empty() {
         "no rooms found".to_owned()
     } else {
@@ -887,7 +969,130 @@ pub async fn run(args: ImportPartykitArgs) -> anyhow::Result<bool> {
             ""
         }
     );
-    Ok(errors == 0)
+    Ok(run.errors() == 0)
+}
+
+/// `--from-url`: rooms of a deployed PartyKit project, fetched one by one from an export route
+/// added to its server (`onRequest` answering `Y.encodeStateAsUpdate`; see
+/// docs/migrating-from-partykit.md).
+mod remote {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use anyhow::{bail, Context};
+
+    use super::MergedRoom;
+
+    /// The project and the rooms to fetch.
+    pub(super) struct Source {
+        base: String,
+        client: reqwest::Client,
+        headers: reqwest::header::HeaderMap,
+        pub(super) rooms: Vec<(String, String)>,
+    }
+
+    /// Bound on one fetch.
+    const TIMEOUT: Duration = Duration::from_secs(60);
+
+    impl Source {
+        pub(super) fn new(
+            url: &str,
+            rooms: Option<&Path>,
+            headers: &[String],
+        ) -> anyhow::Result<Self> {
+            let parsed = reqwest::Url::parse(url).with_context(|| format!("--from-url {url:?}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("--from-url must be an http(s) URL");
+            }
+            let Some(list) = rooms else {
+                bail!("--from-url needs --rooms FILE: PartyKit cannot list a project's rooms");
+            };
+            let text = std::fs::read_to_string(list)
+                .with_context(|| format!("reading {}", list.display()))?;
+            let mut rooms = Vec::new();
+            for line in text.lines().map(str::trim) {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (party, room) = line
+                    .split_once('/')
+                    .unwrap_or((ripple_core::DEFAULT_PARTY, line));
+                rooms.push((party.to_owned(), room.to_owned()));
+            }
+            let mut map = reqwest::header::HeaderMap::new();
+            for h in headers {
+                let (name, value) = h
+                    .split_once(':')
+                    .with_context(|| format!("--header wants NAME: VALUE, got {h:?}"))?;
+                let name = reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+                    .with_context(|| format!("--header name {name:?}"))?;
+                let value = reqwest::header::HeaderValue::from_str(value.trim())
+                    .context("--header value")?;
+                map.append(name, value);
+            }
+            let client = reqwest::Client::builder()
+                .timeout(TIMEOUT)
+                .user_agent(concat!(
+                    "ripple-import-partykit/",
+                    env!("CARGO_PKG_VERSION")
+                ))
+                .build()
+                .context("building the HTTP client")?;
+            Ok(Self {
+                base: url.trim_end_matches('/').to_owned(),
+                client,
+                headers: map,
+                rooms,
+            })
+        }
+
+        /// Where PartyKit serves `party`/`room` (the room id is used as written: it is the raw
+        /// path segment, as clients send it).
+        pub(super) fn room_url(&self, party: &str, room: &str) -> String {
+            format!("{}/parties/{party}/{room}", self.base)
+        }
+
+        /// GETs one room's state and merges it, refusing more than `limit` bytes.
+        pub(super) async fn fetch(&self, url: &str, limit: u64) -> Result<MergedRoom, String> {
+            let mut resp = self
+                .client
+                .get(url)
+                .headers(self.headers.clone())
+                .send()
+                .await
+                .map_err(|e| format!("fetching: {}", e.without_url()))?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(format!(
+                    "the server answered {status} (does its onRequest export the room?)"
+                ));
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| format!("reading: {}", e.without_url()))?
+            {
+                if (body.len() + chunk.len()) as u64 > limit {
+                    return Err(format!("larger than max_doc_bytes ({limit} bytes)"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let update = ripple_core::room::decode_untrusted(&body)
+                .map_err(|e| format!("the answer is not a Yjs v1 update: {e}"))?;
+            let (state, roots, _, missing) = super::merge_updates(vec![update])?;
+            let mut warnings = Vec::new();
+            if missing {
+                warnings.push("the update waits for missing ones (kept as it is)".to_owned());
+            }
+            Ok(MergedRoom {
+                updates: 1,
+                state,
+                roots,
+                warnings,
+            })
+        }
+    }
 }
 
 #[cfg(test)]

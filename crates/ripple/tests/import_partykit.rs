@@ -713,7 +713,7 @@ async fn corrupt_and_foreign_files_are_reported_and_skipped_and_nothing_is_half_
     let detail_of = |needle: &str| -> String {
         errors
             .iter()
-            .find(|x| x["file"].as_str().unwrap_or_default().contains(needle))
+            .find(|x| x["source"].as_str().unwrap_or_default().contains(needle))
             .map(|x| x["detail"].as_str().unwrap_or_default().to_owned())
             .unwrap_or_else(|| panic!("no error for {needle}: {errors:?}"))
     };
@@ -827,4 +827,110 @@ async fn the_fixture_imports_into_postgres_under_leases() {
     let _ = client
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A deployed project, through its export route.
+
+/// A stand-in for a deployed PartyKit project whose `onRequest` exports rooms: GET
+/// `/parties/PARTY/ROOM` with the right bearer token answers `Y.encodeStateAsUpdate`.
+async fn deployed_project(rooms: Vec<(&'static str, Vec<u8>)>) -> String {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let rooms: std::sync::Arc<BTreeMap<&'static str, Vec<u8>>> =
+        std::sync::Arc::new(rooms.into_iter().collect());
+    let router = axum::Router::new().route(
+        "/parties/{party}/{room}",
+        axum::routing::get(
+            move |axum::extract::Path((party, room)): axum::extract::Path<(String, String)>,
+                  headers: HeaderMap| {
+                let rooms = rooms.clone();
+                async move {
+                    if headers.get("authorization").and_then(|v| v.to_str().ok())
+                        != Some("Bearer export-secret")
+                    {
+                        return StatusCode::FORBIDDEN.into_response();
+                    }
+                    let key = format!("{party}/{room}");
+                    match rooms.get(key.as_str()) {
+                        Some(bytes) => bytes.clone().into_response(),
+                        None => StatusCode::NOT_FOUND.into_response(),
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_url_imports_the_rooms_a_deployed_project_exports() {
+    let doc = Doc::new();
+    let t = doc.get_or_insert_text("body");
+    t.insert(&mut doc.transact_mut(), 0, "deployed text");
+    let doc_state = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let diagram = Doc::new();
+    let shapes = diagram.get_or_insert_array("shapes");
+    shapes.push_back(&mut diagram.transact_mut(), "square");
+    let diagram_state = diagram
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let url = deployed_project(vec![
+        ("main/doc-1", doc_state),
+        ("diagrams/diagram-9", diagram_state),
+        ("main/garbage", vec![0xFF; 16]),
+    ])
+    .await;
+    let root = tempfile::tempdir().expect("tempdir");
+    let list = root.path().join("rooms.txt");
+    std::fs::write(
+        &list,
+        "# rooms to move\ndoc-1\ndiagrams/diagram-9\nmain/missing\nmain/garbage\n",
+    )
+    .expect("write");
+    let run = |extra: &[&str]| {
+        ripple()
+            .arg("import-partykit")
+            .args(["--from-url", &url, "--rooms"])
+            .arg(&list)
+            .args(["--header", "Authorization: Bearer export-secret", "--json"])
+            .arg("--data-dir")
+            .arg(root.path().join("data"))
+            .args(extra)
+            .output()
+            .expect("run")
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let l = lines(&out);
+    assert_eq!(status_of(&l, "main", "doc-1"), "imported");
+    assert_eq!(status_of(&l, "diagrams", "diagram-9"), "imported");
+    assert_eq!(status_of(&l, "main", "missing"), "error");
+    assert_eq!(status_of(&l, "main", "garbage"), "error");
+    let stored = stored_rooms(&root.path().join("data")).await;
+    assert_eq!(stored.len(), 2, "{:?}", stored.keys());
+    let got = doc_of(&stored["main/doc-1"]);
+    assert_eq!(
+        got.get_or_insert_text("body").get_string(&got.transact()),
+        "deployed text"
+    );
+    let got = doc_of(&stored["diagrams/diagram-9"]);
+    assert_eq!(
+        any_json(&got.get_or_insert_array("shapes").to_json(&got.transact())),
+        serde_json::json!(["square"])
+    );
+    // Twice: nothing changes.
+    let out = run(&[]);
+    let l = lines(&out);
+    assert_eq!(status_of(&l, "main", "doc-1"), "skipped");
+    assert_eq!(status_of(&l, "diagrams", "diagram-9"), "skipped");
 }
