@@ -29,7 +29,12 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== pack"
-bash "$repo/npm/pack.sh" "$work/tarballs" "$platform=$bin"
+# Packed stripped, as a release is built (CARGO_PROFILE_RELEASE_STRIP=symbols, npm/README.md):
+# the workspace's release profile keeps line tables for backtraces, several times the size.
+cp "$bin" "$work/ripple"
+if command -v strip >/dev/null; then strip "$work/ripple"; fi
+echo "binary: $(du -k "$bin" | cut -f1) KiB built, $(du -k "$work/ripple" | cut -f1) KiB packed"
+bash "$repo/npm/pack.sh" "$work/tarballs" "$platform=$work/ripple"
 for t in "$work"/tarballs/*.tgz; do
   echo "$(basename "$t"): $(du -k "$t" | cut -f1) KiB packed"
 done

@@ -651,23 +651,21 @@ fn find_files(dir: &Path) -> anyhow::Result<Vec<(Result<String, String>, PathBuf
 /// data directory's lock held as `ripple import` holds it. For a dry run, only what exists, read
 /// only (`None` when there is no storage yet).
 async fn open_target(
-    settings: &StorageArgs,
+    config: &ripple_server::Config,
     dry_run: bool,
-) -> anyhow::Result<(Option<Backend>, usize, Option<ripple_store::DataDirLock>)> {
-    let config = settings::load_storage(settings)?;
-    let max_len = config.max_room_id_len;
+) -> anyhow::Result<(Option<Backend>, Option<ripple_store::DataDirLock>)> {
     let embedded = ripple_store::is_embedded(&config.storage);
     if config.storage.trim() == "memory" {
         bail!("storage is \"memory\": an import into it would vanish with this process");
     }
     if dry_run {
         if embedded && !config.data_dir.join(ripple_store::sqlite::DB_FILE).exists() {
-            return Ok((None, max_len, None));
+            return Ok((None, None));
         }
         let backend = Backend::open_existing(&config.storage, &config.data_dir, Durability::Strict)
             .await
             .context("opening storage")?;
-        return Ok((Some(backend), max_len, None));
+        return Ok((Some(backend), None));
     }
     // Locked before opening: no server can start on the directory mid-import.
     let lock = if embedded {
@@ -678,7 +676,7 @@ async fn open_target(
     let backend = Backend::open(&config.storage, &config.data_dir, Durability::Strict)
         .await
         .context("opening storage")?;
-    Ok((Some(backend), max_len, lock))
+    Ok((Some(backend), lock))
 }
 
 /// How long this command's lease on a room lasts (released when the room is done).
@@ -788,6 +786,8 @@ async fn store_leased(
 struct Run {
     store: Option<std::sync::Arc<dyn Store>>,
     max_len: usize,
+    /// The server's `max_doc_bytes`: a larger room is imported, with a warning.
+    max_doc_bytes: u64,
     merge: bool,
     dry_run: bool,
     printer: Printer,
@@ -846,6 +846,13 @@ impl Run {
         line.bytes = merged.state.len();
         line.roots = merged.roots.clone();
         let mut notes = merged.warnings.clone();
+        if merged.state.len() as u64 > self.max_doc_bytes {
+            notes.push(format!(
+                "larger than max_doc_bytes ({}): clients can read it, but edits that grow it are \
+                 refused until max_doc_bytes is raised",
+                self.max_doc_bytes
+            ));
+        }
         match &self.store {
             None => line.status = Status::WouldImport,
             Some(store) => {
@@ -911,11 +918,13 @@ pub async fn run(args: ImportPartykitArgs) -> anyhow::Result<bool> {
             find_files(&dir)?
         }
     };
-    let (backend, max_len, _lock) = open_target(&args.settings, args.dry_run).await?;
-    let max_doc_bytes = settings::load_storage(&args.settings)?.max_doc_bytes;
+    let config = settings::load_storage(&args.settings)?;
+    let (backend, _lock) = open_target(&config, args.dry_run).await?;
+    let max_doc_bytes = config.max_doc_bytes;
     let mut run = Run {
         store: backend.as_ref().map(Backend::store),
-        max_len,
+        max_len: config.max_room_id_len,
+        max_doc_bytes,
         merge: args.merge,
         dry_run: args.dry_run,
         printer: Printer {

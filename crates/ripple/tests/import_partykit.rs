@@ -1,6 +1,6 @@
 //! `ripple import-partykit` end to end, with the real binary: against a temporary copy of a
 //! PartyKit dev server's real state folder (made by partykit 0.0.115 + y-partykit 0.0.33 with
-//! real YPartyKitProvider clients; `../shared/fixtures/partykit-dev-state`), and against stores
+//! real YPartyKitProvider clients; `tests/fixtures/partykit-dev-state`), and against stores
 //! this file builds itself with y-partykit's key and value encoding, so the format knowledge is
 //! in code and not only in a blob.
 
@@ -22,9 +22,10 @@ use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
 use yrs::{Array, Doc, GetString, Map, ReadTxn, StateVector, Text, Transact};
 
-/// The fixture, read-only: tests copy it before anything reads it.
+/// The fixture (a copy of `../shared/fixtures/partykit-dev-state`, see its README), never
+/// written: tests copy it before anything reads it.
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/partykit-dev-state")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/partykit-dev-state")
 }
 
 fn copy_dir(from: &Path, to: &Path) {
