@@ -48,7 +48,7 @@ enum Command {
     Import(admin::ImportArgs),
     /// Fold the update log of one room (or all) into its snapshot.
     Compact(admin::MaintainArgs),
-    /// Import the rooms a PartyKit dev server kept (its --persist folder, .partykit/state).
+    /// Import PartyKit rooms: a dev server's state folder (.partykit/state), or --from-url.
     ImportPartykit(partykit::ImportPartykitArgs),
     /// Check stored records (checksums, decoding); --salvage quarantines bad ones.
     Fsck(admin::MaintainArgs),
