@@ -196,6 +196,17 @@ impl AwarenessTable {
         ))
     }
 
+    /// Every present state: client id, clock, state (JSON text).
+    pub fn states(&self) -> Vec<(u64, u64, String)> {
+        self.states
+            .iter()
+            .map(|(id, state)| {
+                let clock = self.clocks.get(id).copied().unwrap_or(0);
+                (*id, clock, state.to_string())
+            })
+            .collect()
+    }
+
     /// An update holding every present state, or `None` when there is none.
     pub fn full_update(&self) -> Option<Bytes> {
         if self.states.is_empty() {

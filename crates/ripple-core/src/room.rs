@@ -274,6 +274,47 @@ impl Room {
         Ok(Some(changes))
     }
 
+    /// Runs a server-side edit (the HTTP API's JSON operations) as one transaction and returns,
+    /// like a client's update, the frame for everyone and the update to persist (`None` in
+    /// both when nothing changed). If `edit` fails, the transaction is not committed: yrs
+    /// transactions have no rollback, so `edit` must check everything before it changes
+    /// anything (the caller validates operations against the document first). The edit runs
+    /// under the panic guard, like a client's update.
+    pub fn edit<E>(
+        &mut self,
+        edit: impl FnOnce(&mut yrs::TransactionMut<'_>) -> Result<(), E>,
+    ) -> Result<Result<Effects, E>, RoomError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut txn = self.doc.transact_mut();
+            if let Err(e) = edit(&mut txn) {
+                return Ok(Err(e));
+            }
+            let changed = txn.before_state() != txn.after_state() || !txn.delete_set().is_empty();
+            let mut fx = Effects::default();
+            if changed {
+                let changes = Bytes::from(txn.encode_update_v1());
+                drop(txn);
+                self.full_state = None;
+                self.size_bound += changes.len() as u64;
+                fx.to_others = Some(Message::Sync(SyncMessage::Update(changes.clone())).encode());
+                fx.update = Some(changes);
+            }
+            Ok(Ok(fx))
+        }))
+        .unwrap_or_else(|panic| {
+            self.full_state = None;
+            Err(RoomError::Panicked(panic_message(panic.as_ref())))
+        })
+    }
+
+    /// The document as one update (`sv` `None`), or what a peer with state vector `sv` lacks.
+    pub fn state(&mut self, sv: Option<&[u8]>) -> Result<Bytes, RoomError> {
+        match sv {
+            None => Ok(self.encode_state()),
+            Some(sv) => self.diff(sv),
+        }
+    }
+
     /// Refuses an update of `len` bytes that could take the document past `max_doc_bytes`.
     /// An update adds at most about its own size; the bound is cheap until it nears the limit,
     /// then the document is measured exactly (and the measure cached for joiners).
@@ -310,6 +351,11 @@ impl Room {
     /// The document, for export and inspection.
     pub fn doc(&self) -> &Doc {
         &self.doc
+    }
+
+    /// Every present awareness state: client id, clock, state (JSON text).
+    pub fn awareness_states(&self) -> Vec<(u64, u64, String)> {
+        self.awareness.states()
     }
 
     /// Number of present awareness states.

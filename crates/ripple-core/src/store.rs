@@ -131,6 +131,14 @@ pub trait Store: Send + Sync + 'static {
         through_seq: u64,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// Removes everything stored for the room (snapshot and log), fenced by `epoch` like
+    /// [`Store::append`]. A later append starts the room again from sequence number 1.
+    fn delete<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: Epoch,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
     /// Whether other processes may write this store, so that rooms must be leased
     /// ([`Store::acquire`]) before they are written. Stores only one process opens (SQLite
     /// locks its directory, memory is private) answer false, and their writers use epoch 0
@@ -173,6 +181,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let _ = (room, epoch);
         Box::pin(async { Ok(()) })
+    }
+
+    /// Records where node `node` can be reached by the other nodes sharing this store
+    /// (`advertise_url`), so that a node that does not own a room can forward its clients to
+    /// the owner. Stores that only one process opens have no other nodes: a no-op.
+    fn advertise<'a>(
+        &'a self,
+        node: &'a str,
+        url: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (node, url);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Where node `node` said it can be reached ([`Store::advertise`]), if it did.
+    fn node_url<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let _ = node;
+        Box::pin(async { Ok(None) })
     }
 
     /// Lists stored rooms.
@@ -261,6 +287,19 @@ impl Store for MemoryStore {
                 entry.snapshot = Some(snapshot);
                 entry.snapshot_seq = through_seq;
             });
+            Ok(())
+        });
+        Box::pin(async move { result })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: Epoch,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = self.with_leases(|leases| {
+            leases.check_write(room, epoch)?;
+            self.with_rooms(|rooms| rooms.remove(room));
             Ok(())
         });
         Box::pin(async move { result })

@@ -30,6 +30,7 @@ use tracing::{debug, warn};
 
 use crate::auth::Admission;
 use crate::closer::code;
+use crate::member::{Member, MemberId, SocketSink};
 use crate::peer::{now_ms, OutFrame, Peer, QueueLimits, Wake};
 use crate::quota::{Buckets, Limit, Rates};
 use crate::registry::RoomHandle;
@@ -38,6 +39,12 @@ use crate::stats::{inc, ConnSlot};
 use crate::ServerCtx;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh member id (connections and requests without a socket share the sequence, so ids are
+/// unique within a room).
+pub(crate) fn next_member_id() -> MemberId {
+    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Bytes read from the socket per system call.
 const READ_CHUNK: usize = 16 * 1024;
@@ -70,7 +77,7 @@ pub(crate) async fn accept(
         Ok(Err(_)) => return debug!("upgraded connection is not a TCP stream"),
         Err(e) => return debug!(error = %e, "upgrade failed"),
     };
-    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let conn = next_member_id();
     inc(&ctx.stats.connections_total);
     let peer = Arc::new(Peer::new(conn, parts.io.into_inner()));
     // What the client sent after its upgrade request, already read by hyper.
@@ -157,13 +164,17 @@ async fn join(
     for _ in 0..5 {
         let room = ctx.registry.get(key.clone()).await?;
         let (reply, rx) = oneshot::channel();
-        let msg = RoomMsg::Join {
-            peer: peer.clone(),
+        let sink = SocketSink::new(peer.clone(), QueueLimits::of(&ctx.config));
+        let member = Member {
+            id: peer.id,
             access,
             user: user.clone(),
             expires,
-            reply,
+            sink: Arc::new(sink),
+            since: SystemTime::now(),
+            told_read_only: false,
         };
+        let msg = RoomMsg::Join { member, reply };
         if room.tx.send(msg).await.is_err() {
             ctx.registry.gone(key.clone(), room.generation);
             continue;

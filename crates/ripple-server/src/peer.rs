@@ -57,6 +57,16 @@ impl OutFrame {
         self.head.as_bytes().len() + self.body.len()
     }
 
+    /// The frame's opcode.
+    pub(crate) fn opcode(&self) -> u8 {
+        self.head.as_bytes()[0] & 0x0f
+    }
+
+    /// The frame's payload.
+    pub(crate) fn body(&self) -> &Bytes {
+        &self.body
+    }
+
     /// This frame's bytes from `offset` on, as at most two slices.
     fn slices(&self, offset: usize) -> [&[u8]; 2] {
         let head = self.head.as_bytes();
@@ -109,6 +119,8 @@ pub(crate) struct Peer {
     task: AtomicWaker,
     /// When the connection last received anything ([`now_ms`]).
     last_heard: AtomicU64,
+    /// The client's address (for inspection).
+    remote: Option<std::net::SocketAddr>,
 }
 
 /// Writes `frames` (the first from `offset` on) in as few calls as the kernel allows, until
@@ -183,6 +195,7 @@ impl Peer {
     pub(crate) fn new(id: ConnId, stream: TcpStream) -> Self {
         Self {
             id,
+            remote: stream.peer_addr().ok(),
             stream,
             out: Mutex::new(Out::default()),
             task: AtomicWaker::new(),
@@ -256,6 +269,16 @@ impl Peer {
             out.close = Some((code, reason.to_owned()));
         }
         self.task.wake();
+    }
+
+    /// The client's address, if the socket knew it.
+    pub(crate) fn remote(&self) -> Option<std::net::SocketAddr> {
+        self.remote
+    }
+
+    /// Bytes waiting for the socket.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.lock().queued_bytes
     }
 
     pub(crate) fn last_heard(&self) -> u64 {

@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ripple_core::awareness::ConnId;
 use ripple_core::lease::{Due, Epoch, Holder, LeaseError};
 use ripple_core::room::{fold, Access, Room, RoomError};
 use ripple_core::{RoomKey, Store, StoreError, StoredRoom};
-use ripple_proto::{ws, Message};
+use ripple_proto::{Message, SyncMessage};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
@@ -26,7 +25,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::closer::code;
 use crate::config::{Config, PersistMode};
-use crate::peer::{now_ms, OutFrame, Peer, QueueLimits};
+use crate::member::{heard_by, Close, Framing, Member, MemberId, Out, SinkInfo};
+use crate::peer::OutFrame;
 use crate::stats::{inc, Stats};
 
 /// Most inbox messages handled in one turn (one storage commit).
@@ -64,22 +64,194 @@ impl JoinError {
 /// A message to a room actor.
 #[derive(Debug)]
 pub(crate) enum RoomMsg {
+    /// A member joins (it gets the greeting in this turn's output).
     Join {
-        peer: Arc<Peer>,
-        access: Access,
-        /// The authenticated user id, if any (decides awareness ownership).
-        user: Option<Arc<str>>,
-        /// When the connection's token expires (it is then closed with 4001).
-        expires: Option<Instant>,
+        member: Member,
         reply: oneshot::Sender<Result<(), JoinError>>,
     },
-    Frame {
-        conn: ConnId,
-        msg: Message,
+    /// A message from a member.
+    Frame { conn: MemberId, msg: Message },
+    /// A member leaves.
+    Leave { conn: MemberId },
+    /// A request without a socket (the HTTP API, the inspector): a member for one turn.
+    Request(Request),
+}
+
+/// What a room answers without a socket. Each is handled in the room's turn like a member's
+/// message: an `Apply` or `Edit` takes the same path as a client's update (applied, appended
+/// with the turn, then broadcast), and its reply is sent only after the append is durable.
+pub(crate) enum Request {
+    /// Apply a Yjs v1 update as `user`.
+    Apply {
+        update: Bytes,
+        user: Option<Arc<str>>,
+        reply: oneshot::Sender<Result<Applied, RequestError>>,
     },
-    Leave {
-        conn: ConnId,
+    /// Run a server-side edit as one transaction (see `Room::edit`).
+    Edit {
+        edit: Edit,
+        reply: oneshot::Sender<Result<Applied, RequestError>>,
     },
+    /// The document as one update, or only what the state vector `sv` lacks.
+    State {
+        sv: Option<Bytes>,
+        reply: oneshot::Sender<Result<Bytes, RequestError>>,
+    },
+    /// What the room holds and who is in it.
+    Inspect {
+        reply: oneshot::Sender<Result<RoomView, RequestError>>,
+    },
+    /// Ends the memberships of `user` (every member when `None`) with `close`; replies with
+    /// how many were ended.
+    Close {
+        user: Option<String>,
+        close: Close,
+        reply: oneshot::Sender<Result<usize, RequestError>>,
+    },
+    /// Folds the log into the snapshot now (awaited).
+    Compact {
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+    /// Ends every membership with `close`, deletes the stored state, and unloads the room.
+    Delete {
+        close: Close,
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+}
+
+impl Request {
+    /// Answers the request with `err` (the room could not load or is going away).
+    pub(crate) fn refuse(self, err: &JoinError) {
+        let e = RequestError::Unavailable(err.to_string());
+        match self {
+            Request::Apply { reply, .. } | Request::Edit { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Request::State { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Request::Inspect { reply } => {
+                let _ = reply.send(Err(e));
+            }
+            Request::Close { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Request::Compact { reply } | Request::Delete { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Request::Apply { .. } => "Apply",
+            Request::Edit { .. } => "Edit",
+            Request::State { .. } => "State",
+            Request::Inspect { .. } => "Inspect",
+            Request::Close { .. } => "Close",
+            Request::Compact { .. } => "Compact",
+            Request::Delete { .. } => "Delete",
+        };
+        f.write_str(name)
+    }
+}
+
+/// A server-side edit: runs in one transaction; an `Err` commits nothing (see `Room::edit`).
+pub(crate) type Edit = Box<dyn FnOnce(&mut yrs::TransactionMut<'_>) -> Result<(), String> + Send>;
+
+/// A request's update was handled: durable (when the room persists) before this is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Applied {
+    /// The last sequence number stored for the room once this update was (unchanged when the
+    /// update changed nothing, and 0 without persistence).
+    pub(crate) seq: u64,
+    /// Whether it changed the document (an update the room already had changes nothing and
+    /// is neither stored nor relayed).
+    pub(crate) changed: bool,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum RequestError {
+    /// The input does not decode or does not fit the document (400).
+    #[error("{0}")]
+    BadInput(String),
+    /// The document would pass `max_doc_bytes` (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Storage failed, or the room is unloading or moved (503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl RequestError {
+    fn of(e: &RoomError) -> Self {
+        match e {
+            RoomError::DocTooLarge { .. } => RequestError::TooLarge(e.to_string()),
+            RoomError::Panicked(_) => RequestError::Unavailable(e.to_string()),
+            _ => RequestError::BadInput(e.to_string()),
+        }
+    }
+}
+
+/// A room as the inspector and the HTTP API see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct RoomView {
+    pub(crate) party: String,
+    pub(crate) room: String,
+    pub(crate) members: Vec<MemberView>,
+    /// Awareness states: client id, clock, and the state as JSON text.
+    pub(crate) awareness: Vec<AwarenessView>,
+    /// The document's encoded size in bytes.
+    pub(crate) doc_bytes: u64,
+    /// The last stored sequence number.
+    pub(crate) seq: u64,
+    /// Updates in the stored log after the snapshot, and their bytes.
+    pub(crate) log_updates: u64,
+    pub(crate) log_bytes: u64,
+    /// The last document updates (newest last), at most [`RECENT_UPDATES`].
+    pub(crate) recent: Vec<RecentUpdate>,
+}
+
+/// One member, for inspection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct MemberView {
+    pub(crate) id: MemberId,
+    pub(crate) user: Option<String>,
+    pub(crate) access: &'static str,
+    /// Unix milliseconds.
+    pub(crate) since_ms: u64,
+    #[serde(flatten)]
+    pub(crate) sink: SinkInfo,
+}
+
+/// One awareness state, for inspection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct AwarenessView {
+    pub(crate) client: u64,
+    pub(crate) clock: u64,
+    /// The state as the client set it (JSON text).
+    pub(crate) state: String,
+}
+
+/// A recent document update, for inspection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct RecentUpdate {
+    pub(crate) bytes: u64,
+    /// The member that sent it (`None`: a request without a socket).
+    pub(crate) member: Option<MemberId>,
+    /// Unix milliseconds.
+    pub(crate) at_ms: u64,
+}
+
+/// How many recent updates a room remembers for inspection.
+pub(crate) const RECENT_UPDATES: usize = 32;
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Everything a room actor needs from the server.
@@ -90,14 +262,9 @@ pub(crate) struct RoomEnv {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutdown: CancellationToken,
-}
-
-struct ConnState {
-    peer: Arc<Peer>,
-    access: Access,
-    user: Option<Arc<str>>,
-    told_read_only: bool,
-    expires: Option<Instant>,
+    /// This node's links to other nodes, when it is part of a cluster (a shared store and a
+    /// cluster secret): rooms owned elsewhere are then forwarded, not refused.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What handling one message left to do.
@@ -112,9 +279,35 @@ enum Handled {
 
 /// Where a frame goes when the turn's output is flushed.
 enum Target {
-    One(ConnId),
-    AllBut(ConnId),
+    One(MemberId),
+    AllBut(MemberId),
     All,
+}
+
+/// What waits for this turn's append: a request's reply, sent once the turn's updates are
+/// durable (or refused if they are not).
+enum Waiting {
+    Applied {
+        reply: oneshot::Sender<Result<Applied, RequestError>>,
+        changed: bool,
+    },
+    Compact(oneshot::Sender<Result<(), RequestError>>),
+    Delete(Close, oneshot::Sender<Result<(), RequestError>>),
+}
+
+impl Waiting {
+    /// The turn's append failed (or the room is going): nothing was stored.
+    fn refuse(self, why: &str) {
+        let err = RequestError::Unavailable(why.to_owned());
+        match self {
+            Waiting::Applied { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Waiting::Compact(reply) | Waiting::Delete(_, reply) => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
 }
 
 struct Actor {
@@ -122,7 +315,9 @@ struct Actor {
     env: Arc<RoomEnv>,
     persist: PersistMode,
     room: Room,
-    conns: HashMap<ConnId, ConnState>,
+    conns: HashMap<MemberId, Member>,
+    /// `conns.len()`, published for listings.
+    members: Arc<std::sync::atomic::AtomicUsize>,
     /// Last sequence number stored for this room.
     last_seq: u64,
     /// The stored log after the snapshot: `(seq, bytes)` per update, oldest first.
@@ -133,7 +328,13 @@ struct Actor {
     compaction: Option<tokio::task::JoinHandle<()>>,
     /// The room's lease, when it is persisted: every write carries its epoch.
     lease: Option<Holder>,
-    out: Vec<(Target, Bytes)>,
+    out: Vec<(Target, Out)>,
+    /// Replies that wait for this turn's append.
+    waiting: Vec<Waiting>,
+    /// The last document updates, for inspection.
+    recent: VecDeque<RecentUpdate>,
+    /// Set by a `Delete` request: the room unloads after this turn.
+    deleted: bool,
     /// The next ping round (and idle check), or the next token expiry if sooner.
     tick: Pin<Box<Sleep>>,
     next_ping: Instant,
@@ -146,15 +347,23 @@ impl Drop for Actor {
     /// is closed (a no-op for those already closing) and reconnects to a fresh actor.
     fn drop(&mut self) {
         for c in self.conns.values() {
-            c.peer
-                .close(code::INTERNAL_ERROR, "room closed unexpectedly");
+            c.sink
+                .close(Close::new(code::INTERNAL_ERROR, "room closed unexpectedly"));
+        }
+        for w in self.waiting.drain(..) {
+            w.refuse("room closed unexpectedly");
         }
     }
 }
 
 /// Runs a room until it has been empty for the linger time (or the server shuts down and it
 /// empties), or its storage fails.
-pub(crate) async fn run(key: RoomKey, env: Arc<RoomEnv>, mut inbox: mpsc::Receiver<RoomMsg>) {
+pub(crate) async fn run(
+    key: RoomKey,
+    env: Arc<RoomEnv>,
+    mut inbox: mpsc::Receiver<RoomMsg>,
+    members: Arc<std::sync::atomic::AtomicUsize>,
+) {
     let persist = env.config.persist_for(key.party());
     let loaded = load(&key, &env, persist).await;
     let (room, stored_seq, log, lease) = match loaded {
@@ -162,7 +371,12 @@ pub(crate) async fn run(key: RoomKey, env: Arc<RoomEnv>, mut inbox: mpsc::Receiv
         Err(err) => {
             if let JoinError::OwnedElsewhere(owner) = &err {
                 inc(&env.stats.owned_elsewhere);
-                info!(room = %key, %owner, "room is owned by another node; refusing its connections");
+                if env.cluster.is_some() {
+                    let owner = owner.clone();
+                    crate::cluster::proxy(key, owner, env, &mut inbox, members).await;
+                    return;
+                }
+                info!(room = %key, %owner, "room is owned by another node; refusing its connections (no cluster secret: no forwarding)");
             } else {
                 inc(&env.stats.room_load_failures);
                 error!(room = %key, reason = %err, "room failed to load; refusing its connections");
@@ -175,13 +389,7 @@ pub(crate) async fn run(key: RoomKey, env: Arc<RoomEnv>, mut inbox: mpsc::Receiv
                 JoinError::OwnedElsewhere(_) => Duration::from_secs(1),
                 _ => env.config.room_linger().max(Duration::from_secs(1)),
             };
-            let until = Instant::now() + linger;
-            while let Ok(Some(msg)) = tokio::time::timeout_at(until, inbox.recv()).await {
-                if let RoomMsg::Join { reply, .. } = msg {
-                    let _ = reply.send(Err(err.clone()));
-                }
-            }
-            refuse_all(&mut inbox, err).await;
+            linger_refusing(&mut inbox, err, linger).await;
             return;
         }
     };
@@ -193,12 +401,16 @@ pub(crate) async fn run(key: RoomKey, env: Arc<RoomEnv>, mut inbox: mpsc::Receiv
         persist,
         room,
         conns: HashMap::new(),
+        members,
         last_seq: stored_seq,
         log_bytes: log.iter().map(|(_, len)| len).sum(),
         log,
         compaction: None,
         lease,
         out: Vec::new(),
+        waiting: Vec::new(),
+        recent: VecDeque::new(),
+        deleted: false,
         tick: Box::pin(tokio::time::sleep(Duration::ZERO)),
         next_ping: Instant::now(),
         shutting_down: false,
@@ -237,14 +449,22 @@ async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Load
     let times = env.config.lease_times();
     let sent = Instant::now().into_std();
     let lease = match env.store.acquire(key, &env.node_id, times.ttl).await {
-        Ok(grant) => Holder::granted(&grant, sent, times),
+        Ok(grant) => {
+            inc(&env.stats.rooms_owned);
+            Holder::granted(&grant, sent, times)
+        }
         Err(StoreError::Lease(LeaseError::Held { owner, .. })) => {
             return Err(JoinError::OwnedElsewhere(owner))
         }
-        Err(e) => return Err(JoinError::LoadFailed(e.to_string())),
+        Err(e) => {
+            // This node cannot take leases now: it cannot own rooms (`/readyz` says so).
+            env.stats.append_failed();
+            return Err(JoinError::LoadFailed(e.to_string()));
+        }
     };
     let loaded = load_stored(key, env, max_aw, max_doc).await;
     if loaded.is_err() {
+        crate::stats::dec(&env.stats.rooms_owned);
         let _ = env.store.release(key, lease.epoch).await;
     }
     let (room, seq, log) = loaded.map_err(JoinError::LoadFailed)?;
@@ -282,12 +502,40 @@ fn drain_into(inbox: &mut mpsc::Receiver<RoomMsg>, batch: &mut Vec<RoomMsg>) {
     }
 }
 
+/// Answers joins and requests with `err` for `linger`, then closes the inbox.
+pub(crate) async fn linger_refusing(
+    inbox: &mut mpsc::Receiver<RoomMsg>,
+    err: JoinError,
+    linger: Duration,
+) {
+    let until = Instant::now() + linger;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(until, inbox.recv()).await {
+        match msg {
+            RoomMsg::Join { reply, .. } => {
+                let _ = reply.send(Err(err.clone()));
+            }
+            RoomMsg::Request(request) => request.refuse(&err),
+            _ => {}
+        }
+    }
+    refuse_all(inbox, err).await;
+}
+
+/// Closes the inbox and answers what still waits in it with `err`.
+pub(crate) async fn refuse_remaining(inbox: &mut mpsc::Receiver<RoomMsg>, err: JoinError) {
+    refuse_all(inbox, err).await;
+}
+
 /// Answers every join waiting in the inbox with `err`, then closes the inbox.
 async fn refuse_all(inbox: &mut mpsc::Receiver<RoomMsg>, err: JoinError) {
     inbox.close();
     while let Some(msg) = inbox.recv().await {
-        if let RoomMsg::Join { reply, .. } = msg {
-            let _ = reply.send(Err(err.clone()));
+        match msg {
+            RoomMsg::Join { reply, .. } => {
+                let _ = reply.send(Err(err.clone()));
+            }
+            RoomMsg::Request(request) => request.refuse(&err),
+            _ => {}
         }
     }
 }
@@ -341,7 +589,8 @@ impl Actor {
                     _ = shutdown.cancelled(), if !self.shutting_down => {
                         self.shutting_down = true;
                         for c in self.conns.values() {
-                            c.peer.close(code::GOING_AWAY, "server shutting down");
+                            c.sink
+                                .close(Close::new(code::GOING_AWAY, "server shutting down"));
                         }
                         continue;
                     }
@@ -366,20 +615,18 @@ impl Actor {
         }
     }
 
-    /// One turn: apply the batch, persist, then deliver. Returns false if storage failed.
+    /// One turn: apply the batch, persist, then deliver. Returns false if the room must unload
+    /// (storage failed, the lease was lost, or the room was deleted).
     async fn turn(&mut self, batch: &mut Vec<RoomMsg>) -> bool {
         let mut updates = Vec::new();
         for msg in batch.drain(..) {
             match msg {
-                RoomMsg::Join {
-                    peer,
-                    access,
-                    user,
-                    expires,
-                    reply,
-                } => self.join(peer, access, user, expires, reply),
+                RoomMsg::Join { member, reply } => self.join(member, reply),
                 RoomMsg::Frame { conn, msg } => match self.frame(conn, msg) {
-                    Handled::Update(update) => updates.push(update),
+                    Handled::Update(update) => {
+                        self.remember(Some(conn), &update);
+                        updates.push(update);
+                    }
                     Handled::Done => {}
                     Handled::Poisoned => {
                         if !self.rebuild(&updates).await {
@@ -388,6 +635,18 @@ impl Actor {
                     }
                 },
                 RoomMsg::Leave { conn } => self.leave(conn),
+                RoomMsg::Request(request) => match self.request(request).await {
+                    Handled::Update(update) => {
+                        self.remember(None, &update);
+                        updates.push(update);
+                    }
+                    Handled::Done => {}
+                    Handled::Poisoned => {
+                        if !self.rebuild(&updates).await {
+                            return false;
+                        }
+                    }
+                },
             }
         }
         if !updates.is_empty() {
@@ -419,36 +678,55 @@ impl Actor {
                         inc(&self.env.stats.store_failures);
                         self.env.stats.append_failed();
                         error!(room = %self.key, error = %e, "append failed; closing the room");
-                        self.out.clear();
-                        for (_, c) in self.conns.drain() {
-                            c.peer
-                                .close(code::INTERNAL_ERROR, "storage unavailable; retry later");
-                        }
+                        self.close_all(Close::new(
+                            code::INTERNAL_ERROR,
+                            "storage unavailable; retry later",
+                        ));
                         return false;
                     }
                 }
             }
             self.env.stats.updates_applied.fetch_add(count, Relaxed);
         }
+        // Durable: the requests that waited for this turn's append get their answer.
+        let seq = self.last_seq;
+        let mut after = Vec::new();
+        for w in std::mem::take(&mut self.waiting) {
+            match w {
+                Waiting::Applied { reply, changed } => {
+                    let _ = reply.send(Ok(Applied { seq, changed }));
+                }
+                other => after.push(other),
+            }
+        }
         self.flush();
+        self.members.store(self.conns.len(), Relaxed);
+        for w in after {
+            match w {
+                Waiting::Compact(reply) => {
+                    let result = self.compact_now().await;
+                    let _ = reply.send(result);
+                }
+                Waiting::Delete(close, reply) => {
+                    let result = self.delete(close).await;
+                    let _ = reply.send(result);
+                }
+                Waiting::Applied { .. } => {}
+            }
+        }
+        if self.deleted {
+            return false;
+        }
         // Snapshot mode folds the log as soon as the last client has left.
         self.maybe_compact(self.conns.is_empty());
         true
     }
 
-    fn join(
-        &mut self,
-        peer: Arc<Peer>,
-        access: Access,
-        user: Option<Arc<str>>,
-        expires: Option<Instant>,
-        reply: oneshot::Sender<Result<(), JoinError>>,
-    ) {
+    fn join(&mut self, member: Member, reply: oneshot::Sender<Result<(), JoinError>>) {
         if self.shutting_down {
             let _ = reply.send(Err(JoinError::ShuttingDown));
             return;
         }
-        let conn = peer.id;
         let max = self.env.config.max_connections_per_room;
         if self.conns.len() >= max {
             let _ = reply.send(Err(JoinError::RoomFull(max)));
@@ -457,82 +735,299 @@ impl Actor {
         if reply.send(Ok(())).is_err() {
             return; // the connection gave up waiting
         }
+        let id = member.id;
         for frame in self.room.greeting() {
-            self.out.push((Target::One(conn), frame));
+            self.out.push((Target::One(id), Out::Doc(frame)));
         }
         if self.conns.is_empty() {
             // The first connection after a quiet spell: the ping rounds start now.
             self.schedule_ping();
         }
-        if let Some(at) = expires {
+        if let Some(at) = member.expires {
             if at < self.tick.deadline() {
                 self.tick.as_mut().reset(at);
             }
         }
-        self.conns.insert(
-            conn,
-            ConnState {
-                peer,
-                access,
-                user,
-                told_read_only: false,
-                expires,
-            },
-        );
+        self.conns.insert(id, member);
     }
 
-    /// Handles one message: its document update to persist, if any, or whether the document
-    /// must be rebuilt.
-    fn frame(&mut self, conn: ConnId, msg: Message) -> Handled {
+    /// Handles one message from a member: its document update to persist, if any, or whether
+    /// the document must be rebuilt.
+    fn frame(&mut self, conn: MemberId, msg: Message) -> Handled {
         let Some(c) = self.conns.get(&conn) else {
             return Handled::Done;
         };
+        let is_doc_update = matches!(
+            msg,
+            Message::Sync(SyncMessage::Step2(_) | SyncMessage::Update(_))
+        );
         match self.room.handle(conn, c.access, c.user.as_deref(), msg) {
             Ok(fx) => {
                 if fx.denied {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         if !c.told_read_only {
                             c.told_read_only = true;
-                            let deny = Message::AuthDenied(
-                                "read-only access: document updates are refused".into(),
-                            );
-                            self.out.push((Target::One(conn), deny.encode()));
+                            self.out.push((Target::One(conn), Out::ReadOnly));
                         }
                     }
+                } else if is_doc_update {
+                    // Sent after this turn's append: an acknowledgement means "on disk".
+                    self.out.push((Target::One(conn), Out::Applied));
                 }
-                for frame in fx.reply {
-                    self.out.push((Target::One(conn), frame));
-                }
-                if let Some(frame) = fx.to_others {
-                    self.out.push((Target::AllBut(conn), frame));
-                }
-                if let Some(frame) = fx.to_all {
-                    self.out.push((Target::All, frame));
-                }
+                self.push_effects(conn, fx.reply, fx.to_others, fx.to_all);
                 fx.update.map_or(Handled::Done, Handled::Update)
             }
             Err(e) => {
-                let (close, outcome) = match &e {
-                    RoomError::DocTooLarge { .. } => {
-                        inc(&self.env.stats.doc_limit_refusals);
-                        (code::POLICY_VIOLATION, Handled::Done)
-                    }
-                    RoomError::Panicked(_) => {
-                        error!(room = %self.key, conn, error = %e, "a client's update made the CRDT library panic; closing that client and rebuilding the document");
-                        (code::PROTOCOL_ERROR, Handled::Poisoned)
-                    }
-                    _ => {
-                        inc(&self.env.stats.protocol_errors);
-                        (code::PROTOCOL_ERROR, Handled::Done)
-                    }
-                };
+                let (close, outcome) = self.refusal(&e);
                 warn!(room = %self.key, conn, error = %e, "closing connection: message refused");
                 if let Some(c) = self.conns.get(&conn) {
-                    c.peer.close(close, &e.to_string());
+                    c.sink.close(Close::new(close, e.to_string()));
                 }
                 self.leave(conn);
                 outcome
             }
+        }
+    }
+
+    /// The close code for a refused message and what it leaves to do; counts it.
+    fn refusal(&self, e: &RoomError) -> (u16, Handled) {
+        match e {
+            RoomError::DocTooLarge { .. } => {
+                inc(&self.env.stats.doc_limit_refusals);
+                (code::POLICY_VIOLATION, Handled::Done)
+            }
+            RoomError::Panicked(_) => {
+                error!(room = %self.key, error = %e, "an update made the CRDT library panic; refusing it and rebuilding the document");
+                (code::PROTOCOL_ERROR, Handled::Poisoned)
+            }
+            _ => {
+                inc(&self.env.stats.protocol_errors);
+                (code::PROTOCOL_ERROR, Handled::Done)
+            }
+        }
+    }
+
+    fn push_effects(
+        &mut self,
+        from: MemberId,
+        reply: Vec<Bytes>,
+        to_others: Option<Bytes>,
+        to_all: Option<Bytes>,
+    ) {
+        for frame in reply {
+            self.out.push((Target::One(from), Out::Doc(frame)));
+        }
+        if let Some(frame) = to_others {
+            self.out.push((Target::AllBut(from), Out::Doc(frame)));
+        }
+        if let Some(frame) = to_all {
+            self.out.push((Target::All, Out::Doc(frame)));
+        }
+    }
+
+    /// Remembers a document update for inspection.
+    fn remember(&mut self, member: Option<MemberId>, update: &Bytes) {
+        if self.recent.len() == RECENT_UPDATES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(RecentUpdate {
+            bytes: update.len() as u64,
+            member,
+            at_ms: unix_ms(std::time::SystemTime::now()),
+        });
+    }
+
+    /// Handles a request without a socket. Updates take the same path as a member's: the room
+    /// applies them, the turn appends them, and the reply waits for that append.
+    async fn request(&mut self, request: Request) -> Handled {
+        match request {
+            Request::Apply {
+                update,
+                user,
+                reply,
+            } => {
+                // A member for this one message: an id no socket has, nothing to greet.
+                let id = crate::connection::next_member_id();
+                let msg = Message::Sync(SyncMessage::Update(update));
+                match self
+                    .room
+                    .handle(id, Access::ReadWrite, user.as_deref(), msg)
+                {
+                    Ok(fx) => self.applied(id, fx, reply),
+                    Err(e) => {
+                        let (_, outcome) = self.refusal(&e);
+                        let _ = reply.send(Err(RequestError::of(&e)));
+                        outcome
+                    }
+                }
+            }
+            Request::Edit { edit, reply } => match self.room.edit(edit) {
+                Ok(Ok(fx)) => {
+                    let id = crate::connection::next_member_id();
+                    self.applied(id, fx, reply)
+                }
+                Ok(Err(detail)) => {
+                    let _ = reply.send(Err(RequestError::BadInput(detail)));
+                    Handled::Done
+                }
+                Err(e) => {
+                    let (_, outcome) = self.refusal(&e);
+                    let _ = reply.send(Err(RequestError::of(&e)));
+                    outcome
+                }
+            },
+            Request::State { sv, reply } => {
+                let state = self
+                    .room
+                    .state(sv.as_deref())
+                    .map_err(|e| RequestError::of(&e));
+                let _ = reply.send(state);
+                Handled::Done
+            }
+            Request::Inspect { reply } => {
+                let _ = reply.send(Ok(self.view()));
+                Handled::Done
+            }
+            Request::Close { user, close, reply } => {
+                let ids: Vec<MemberId> = self
+                    .conns
+                    .values()
+                    .filter(|m| user.is_none() || m.user.as_deref() == user.as_deref())
+                    .map(|m| m.id)
+                    .collect();
+                for id in &ids {
+                    if let Some(m) = self.conns.get(id) {
+                        m.sink.close(close.clone());
+                    }
+                    self.leave(*id);
+                }
+                let _ = reply.send(Ok(ids.len()));
+                Handled::Done
+            }
+            // Both act on what is stored, so they run after this turn's append.
+            Request::Compact { reply } => {
+                self.waiting.push(Waiting::Compact(reply));
+                Handled::Done
+            }
+            Request::Delete { close, reply } => {
+                self.waiting.push(Waiting::Delete(close, reply));
+                Handled::Done
+            }
+        }
+    }
+
+    /// A request's update was applied: it is broadcast like a client's, and its reply waits
+    /// for the turn's append.
+    fn applied(
+        &mut self,
+        id: MemberId,
+        fx: ripple_core::room::Effects,
+        reply: oneshot::Sender<Result<Applied, RequestError>>,
+    ) -> Handled {
+        self.push_effects(id, Vec::new(), fx.to_others, fx.to_all);
+        self.waiting.push(Waiting::Applied {
+            reply,
+            changed: fx.update.is_some(),
+        });
+        fx.update.map_or(Handled::Done, Handled::Update)
+    }
+
+    /// The room as the inspector and the API see it.
+    fn view(&mut self) -> RoomView {
+        let members = self
+            .conns
+            .values()
+            .map(|m| MemberView {
+                id: m.id,
+                user: m.user.as_deref().map(str::to_owned),
+                access: match m.access {
+                    Access::ReadOnly => "read",
+                    Access::ReadWrite => "write",
+                },
+                since_ms: unix_ms(m.since),
+                sink: m.sink.describe(),
+            })
+            .collect();
+        let awareness = self
+            .room
+            .awareness_states()
+            .into_iter()
+            .map(|(client, clock, state)| AwarenessView {
+                client,
+                clock,
+                state,
+            })
+            .collect();
+        RoomView {
+            party: self.key.party().to_owned(),
+            room: self.key.room().to_owned(),
+            members,
+            awareness,
+            doc_bytes: self.room.encode_state().len() as u64,
+            seq: self.last_seq,
+            log_updates: self.log.len() as u64,
+            log_bytes: self.log_bytes,
+            recent: self.recent.iter().cloned().collect(),
+        }
+    }
+
+    /// Folds the whole log into the snapshot now and waits for it (a request's "compact").
+    async fn compact_now(&mut self) -> Result<(), RequestError> {
+        if let Some(h) = self.compaction.take() {
+            let _ = h.await;
+        }
+        if self.persist == PersistMode::None || self.log.is_empty() {
+            return Ok(());
+        }
+        let snapshot = self.room.encode_state();
+        let through = self.last_seq;
+        let task = Compaction {
+            through,
+            epoch: self.epoch(),
+            snapshot: Some(snapshot),
+        };
+        match task.run(self.env.store.as_ref(), &self.key).await {
+            Ok(()) => {
+                inc(&self.env.stats.compactions);
+                self.log.clear();
+                self.log_bytes = 0;
+                Ok(())
+            }
+            Err(e) => Err(RequestError::Unavailable(e)),
+        }
+    }
+
+    /// Ends every membership and deletes what is stored; the room then unloads (the next
+    /// join starts it empty).
+    async fn delete(&mut self, close: Close) -> Result<(), RequestError> {
+        self.close_all(close);
+        self.deleted = true;
+        if let Some(h) = self.compaction.take() {
+            let _ = h.await;
+        }
+        self.log.clear();
+        self.log_bytes = 0;
+        let result = if self.persist == PersistMode::None {
+            Ok(())
+        } else {
+            self.env
+                .store
+                .delete(&self.key, self.epoch())
+                .await
+                .map_err(|e| RequestError::Unavailable(e.to_string()))
+        };
+        info!(room = %self.key, ok = result.is_ok(), "room deleted by request");
+        result
+    }
+
+    /// Ends every membership with `close`, and refuses what waits for this turn's append.
+    fn close_all(&mut self, close: Close) {
+        self.out.clear();
+        for (_, c) in self.conns.drain() {
+            c.sink.close(close.clone());
+        }
+        for w in self.waiting.drain(..) {
+            w.refuse(&close.reason);
         }
     }
 
@@ -577,54 +1072,64 @@ impl Actor {
             }
             Err(e) => {
                 error!(room = %self.key, error = %e, "could not rebuild the document; closing the room");
-                self.out.clear();
-                for (_, c) in self.conns.drain() {
-                    c.peer
-                        .close(code::INTERNAL_ERROR, "room reset; reconnect to resync");
-                }
+                self.close_all(Close::new(
+                    code::INTERNAL_ERROR,
+                    "room reset; reconnect to resync",
+                ));
                 false
             }
         }
     }
 
-    fn leave(&mut self, conn: ConnId) {
+    fn leave(&mut self, conn: MemberId) {
         if self.conns.remove(&conn).is_some() {
             if let Some(frame) = self.room.disconnect(conn) {
-                self.out.push((Target::All, frame));
+                self.out.push((Target::All, Out::Doc(frame)));
             }
         }
     }
 
-    /// Delivers the turn's frames: each connection gets the frames addressed to it, in order,
-    /// in one write. A connection whose queue is full is closed (it reconnects and resyncs);
-    /// nothing is dropped silently.
+    /// Delivers the turn's output: each member gets what is addressed to it, in order, in one
+    /// send. Each message is framed once per framing and the frames are shared (a broadcast
+    /// costs one encoding however many members get it). A member whose queue is full is ended
+    /// (it reconnects and resyncs); nothing is dropped silently.
     fn flush(&mut self) {
-        let limits = QueueLimits::of(&self.env.config);
         let mut mine: Vec<OutFrame> = Vec::new();
+        // Per framing seen this turn: the frame of each output message (built when first
+        // needed). Rooms rarely have more than two framings.
+        let mut framed: Vec<(Framing, Vec<Option<Option<OutFrame>>>)> = Vec::new();
         while !self.out.is_empty() {
             let out = std::mem::take(&mut self.out);
-            // Framed once; each recipient shares the payload.
-            let framed: Vec<(Target, OutFrame)> = out
-                .into_iter()
-                .map(|(target, body)| (target, OutFrame::binary(body)))
-                .collect();
+            framed.clear();
             let mut slow = Vec::new();
             for (id, c) in &self.conns {
+                let framing = c.sink.framing();
+                let slot = match framed.iter().position(|(f, _)| f == framing) {
+                    Some(i) => i,
+                    None => {
+                        framed.push((framing.clone(), vec![None; out.len()]));
+                        framed.len() - 1
+                    }
+                };
+                let cache = &mut framed[slot].1;
                 mine.clear();
-                for (target, frame) in &framed {
+                for (i, (target, msg)) in out.iter().enumerate() {
                     let to_me = match target {
                         Target::One(one) => one == id,
                         Target::AllBut(skip) => skip != id,
                         Target::All => true,
                     };
                     if to_me {
-                        mine.push(frame.clone());
+                        let frame = cache[i].get_or_insert_with(|| framing.frame(msg));
+                        if let Some(frame) = frame {
+                            mine.push(frame.clone());
+                        }
                     }
                 }
                 if mine.is_empty() {
                     continue;
                 }
-                if c.peer.send(&mine, limits) {
+                if c.sink.send(&mine) {
                     self.env
                         .stats
                         .frames_sent
@@ -637,8 +1142,8 @@ impl Actor {
                 if let Some(c) = self.conns.get(&id) {
                     inc(&self.env.stats.slow_consumer_closes);
                     info!(room = %self.key, conn = id, "closing a connection that reads too slowly");
-                    c.peer
-                        .close(code::TRY_AGAIN_LATER, crate::closer::QUEUE_FULL);
+                    c.sink
+                        .close(Close::new(code::TRY_AGAIN_LATER, crate::closer::QUEUE_FULL));
                 }
                 // May queue an awareness removal: the loop delivers it.
                 self.leave(id);
@@ -656,16 +1161,15 @@ impl Actor {
     fn lose_lease(&mut self, why: &str) {
         inc(&self.env.stats.lease_losses);
         warn!(room = %self.key, why, "lost the room's lease; closing its connections");
-        self.lease = None;
+        if self.lease.take().is_some() {
+            crate::stats::dec(&self.env.stats.rooms_owned);
+        }
         self.compaction = None;
         self.log.clear();
-        self.out.clear();
-        for (_, c) in self.conns.drain() {
-            c.peer.close(
-                code::INTERNAL_ERROR,
-                "room moved to another node; reconnect",
-            );
-        }
+        self.close_all(Close::new(
+            code::INTERNAL_ERROR,
+            "room moved to another node; reconnect",
+        ));
     }
 
     /// Renews the lease when due; false when the room must unload because the lease is lost
@@ -705,12 +1209,14 @@ impl Actor {
                         return false;
                     }
                     Ok(Err(e)) => {
+                        self.env.stats.append_failed();
                         warn!(room = %self.key, error = %e, "lease renewal failed; retrying");
                         if let Some(lease) = self.lease.as_mut() {
                             lease.renewal_failed(Instant::now().into_std());
                         }
                     }
                     Err(_) => {
+                        self.env.stats.append_failed();
                         warn!(room = %self.key, "lease renewal timed out; retrying");
                         if let Some(lease) = self.lease.as_mut() {
                             lease.renewal_failed(Instant::now().into_std());
@@ -726,6 +1232,7 @@ impl Actor {
     /// Ends the lease so another node may take the room at once (after the final compaction).
     async fn release_lease(&mut self) {
         if let Some(lease) = self.lease.take() {
+            crate::stats::dec(&self.env.stats.rooms_owned);
             if let Err(e) = self.env.store.release(&self.key, lease.epoch).await {
                 debug!(room = %self.key, error = %e, "lease release failed (it lapses on its own)");
             }
@@ -761,34 +1268,31 @@ impl Actor {
     fn on_tick(&mut self) {
         let now = Instant::now();
         if now >= self.next_ping {
-            let idle_ms = self.env.config.idle_timeout().as_millis() as u64;
-            let ping = [OutFrame::new(ws::opcode::PING, Bytes::new())];
-            let limits = QueueLimits::of(&self.env.config);
-            let heard_by = now_ms().saturating_sub(idle_ms);
+            let heard_by = heard_by(self.env.config.idle_timeout().as_millis() as u64);
             for c in self.conns.values() {
-                if c.peer.last_heard() < heard_by {
-                    c.peer.close(
-                        code::GOING_AWAY,
-                        "no message or pong within the idle timeout",
-                    );
-                } else if !c.peer.send(&ping, limits) {
-                    c.peer
-                        .close(code::TRY_AGAIN_LATER, crate::closer::QUEUE_FULL);
-                }
+                c.sink.keepalive(heard_by);
             }
             self.next_ping = now + self.env.config.ping_interval();
         }
         let mut next = self.next_ping;
+        let mut expired = Vec::new();
         for c in self.conns.values() {
             match c.expires {
-                Some(at) if at <= now => {
-                    debug!(room = %self.key, conn = c.peer.id, "closing connection: token expired");
-                    c.peer.close(code::TOKEN_EXPIRED, "token expired");
-                }
+                Some(at) if at <= now => expired.push(c.id),
                 Some(at) => next = next.min(at),
                 None => {}
             }
         }
+        for id in expired {
+            debug!(room = %self.key, conn = id, "ending membership: token expired");
+            if let Some(c) = self.conns.get(&id) {
+                c.sink
+                    .close(Close::new(code::TOKEN_EXPIRED, "token expired"));
+            }
+            self.leave(id);
+        }
+        // The awareness removals of expired members go out now.
+        self.flush();
         self.tick.as_mut().reset(next);
     }
 

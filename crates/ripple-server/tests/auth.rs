@@ -68,6 +68,14 @@ impl Store for CountingStore {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.compact(room, epoch, snapshot, through_seq)
     }
+    fn delete<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: ripple_core::lease::Epoch,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(room, epoch)
+    }
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         self.inner.list()

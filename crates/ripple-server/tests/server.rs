@@ -556,6 +556,13 @@ impl Store for FaultyStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         self.inner.compact(room, epoch, snapshot, through_seq)
     }
+    fn delete<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: ripple_core::lease::Epoch,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.delete(room, epoch)
+    }
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
         self.inner.list()
     }

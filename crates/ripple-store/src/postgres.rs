@@ -13,7 +13,8 @@
 //! so does every append and compaction, which then checks its epoch against `leases` in the same
 //! transaction: a stale owner's write is refused as [`LeaseError::Fenced`] and never commits.
 //!
-//! Connections are plain TCP (`NoTls`); the schema name is validated and is the only thing ever
+//! Connections are plain TCP, or TLS as the URL's `sslmode` asks (`pg_tls.rs`: require,
+//! verify-ca, verify-full, with `sslrootcert`); the schema name is validated and is the only thing ever
 //! spliced into SQL. Room keys are bound parameters.
 
 use std::collections::HashMap;
@@ -112,10 +113,14 @@ struct Sql {
     room_records: String,
     snapshot_seq: String,
     upsert_snapshot: String,
+    delete_snapshot: String,
+    delete_updates: String,
     delete_through: String,
     move_update: String,
     move_snapshot: String,
     list: String,
+    advertise: String,
+    node_url: String,
     rooms: String,
     acquire: String,
     lease_of: String,
@@ -168,6 +173,8 @@ impl Sql {
                      data = EXCLUDED.data, checksum = EXCLUDED.checksum,
                      updated_ms = EXCLUDED.updated_ms"
             ),
+            delete_snapshot: format!("DELETE FROM {s}.snapshots WHERE party = $1 AND room = $2"),
+            delete_updates: format!("DELETE FROM {s}.updates WHERE party = $1 AND room = $2"),
             delete_through: format!(
                 "DELETE FROM {s}.updates WHERE party = $1 AND room = $2 AND seq <= $3"
             ),
@@ -221,6 +228,12 @@ impl Sql {
                 "UPDATE {s}.leases SET expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond'
                  WHERE party = $1 AND room = $2 AND epoch = $3"
             ),
+            advertise: format!(
+                "INSERT INTO {s}.nodes (node, url, updated_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (node) DO UPDATE SET url = EXCLUDED.url,
+                     updated_ms = EXCLUDED.updated_ms"
+            ),
+            node_url: format!("SELECT url FROM {s}.nodes WHERE node = $1"),
             // The row stays: epochs never go back.
             release: format!(
                 "UPDATE {s}.leases SET expires_at = clock_timestamp()
@@ -280,6 +293,16 @@ fn migrations(schema: &str) -> Vec<(i32, String)> {
                 epoch BIGINT NOT NULL,
                 expires_at TIMESTAMPTZ NOT NULL,
                 PRIMARY KEY (party, room)
+            );"
+            ),
+        ),
+        (
+            3,
+            format!(
+                "CREATE TABLE {s}.nodes (
+                node TEXT COLLATE \"C\" PRIMARY KEY,
+                url TEXT NOT NULL,
+                updated_ms BIGINT NOT NULL
             );"
             ),
         ),
@@ -362,6 +385,8 @@ impl PostgresStore {
         options: &PostgresOptions,
     ) -> Result<Self, StoreError> {
         validate_schema(&options.schema)?;
+        let (url, verify, root) = crate::pg_tls::split_url(url)?;
+        let tls = crate::pg_tls::connector(&verify, root.as_deref())?;
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!("invalid postgres url: {}", describe(&e)))
         })?;
@@ -381,13 +406,13 @@ impl PostgresStore {
         };
         config.options(session_options);
 
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls {
+            Some(tls) => Manager::from_config(config.clone(), tls, manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(2))
             .runtime(Runtime::Tokio1)
@@ -562,6 +587,24 @@ impl PostgresStore {
         Ok(())
     }
 
+    async fn try_delete(&self, room: &RoomKey, epoch: Epoch) -> Result<(), Failure> {
+        let mut client = self.pool.get().await.map_err(pool_failure)?;
+        let tx = client.transaction().await.map_err(classify)?;
+        lock_room(&tx, &self.sql, room).await?;
+        let current = lease_epoch(&tx, &self.sql, room).await?;
+        check_epoch(current, epoch)?;
+        let (party, name) = (room.party(), room.room());
+        tx.execute(self.sql.delete_snapshot.as_str(), &[&party, &name])
+            .await
+            .map_err(classify)?;
+        tx.execute(self.sql.delete_updates.as_str(), &[&party, &name])
+            .await
+            .map_err(classify)?;
+        commit(tx).await?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     async fn try_acquire(
         &self,
         room: &RoomKey,
@@ -634,6 +677,30 @@ impl PostgresStore {
         Err(Failure::Fatal(fenced(epoch, current)))
     }
 
+    async fn try_advertise(&self, node: &str, url: &str) -> Result<(), Failure> {
+        let client = self.pool.get().await.map_err(pool_failure)?;
+        client
+            .execute(
+                self.sql.advertise.as_str(),
+                &[&node, &url, &record::now_ms()],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn try_node_url(&self, node: &str) -> Result<Option<String>, Failure> {
+        let client = self.pool.get().await.map_err(pool_failure)?;
+        let row = client
+            .query_opt(self.sql.node_url.as_str(), &[&node])
+            .await
+            .map_err(classify)?;
+        match row {
+            Some(row) => Ok(Some(column(&row, 0)?)),
+            None => Ok(None),
+        }
+    }
+
     async fn try_list(&self) -> Result<Vec<RoomInfo>, Failure> {
         let client = self.pool.get().await.map_err(pool_failure)?;
         let rows = client
@@ -658,6 +725,20 @@ impl PostgresStore {
             }
         }
         Ok(infos)
+    }
+
+    /// Test hook: whether a pooled connection is encrypted (TLS).
+    #[cfg(test)]
+    pub(crate) async fn pooled_ssl(&self) -> Result<bool, StoreError> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.get(0))
     }
 
     /// Test hook: runs a compaction on a connection of its own up to `stop_after`, then
@@ -723,6 +804,14 @@ impl Store for PostgresStore {
         )
     }
 
+    fn delete<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        epoch: Epoch,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(retrying(move || self.try_delete(room, epoch)))
+    }
+
     fn shared(&self) -> bool {
         true
     }
@@ -753,6 +842,18 @@ impl Store for PostgresStore {
         epoch: Epoch,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(retrying(move || self.try_extend(room, epoch, None)))
+    }
+
+    fn advertise<'a>(
+        &'a self,
+        node: &'a str,
+        url: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(retrying(move || self.try_advertise(node, url)))
+    }
+
+    fn node_url<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(retrying(move || self.try_node_url(node)))
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {

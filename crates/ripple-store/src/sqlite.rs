@@ -121,6 +121,10 @@ enum Request {
         room: RoomKey,
         reply: oneshot::Sender<Result<SalvageReport, StoreError>>,
     },
+    Delete {
+        room: RoomKey,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 impl Request {
@@ -128,7 +132,7 @@ impl Request {
         match self {
             Request::Append { updates, .. } => updates.iter().map(Bytes::len).sum(),
             Request::Compact { snapshot, .. } => snapshot.len(),
-            Request::Salvage { .. } => 0,
+            Request::Salvage { .. } | Request::Delete { .. } => 0,
         }
     }
 }
@@ -147,6 +151,10 @@ enum Done {
         oneshot::Sender<Result<SalvageReport, StoreError>>,
         Result<SalvageReport, StoreError>,
     ),
+    Delete(
+        oneshot::Sender<Result<(), StoreError>>,
+        Result<(), StoreError>,
+    ),
 }
 
 impl Done {
@@ -154,7 +162,7 @@ impl Done {
     fn is_err(&self) -> bool {
         match self {
             Done::Append(_, r) => r.is_err(),
-            Done::Compact(_, r) => r.is_err(),
+            Done::Compact(_, r) | Done::Delete(_, r) => r.is_err(),
             Done::Salvage(_, r) => r.is_err(),
         }
     }
@@ -164,7 +172,7 @@ impl Done {
     fn answer(self) {
         match self {
             Done::Append(reply, result) => drop(reply.send(result)),
-            Done::Compact(reply, result) => drop(reply.send(result)),
+            Done::Compact(reply, result) | Done::Delete(reply, result) => drop(reply.send(result)),
             Done::Salvage(reply, result) => drop(reply.send(result)),
         }
     }
@@ -173,7 +181,7 @@ impl Done {
     fn fail(self, error: &str) {
         match self {
             Done::Append(reply, _) => drop(reply.send(failed(error))),
-            Done::Compact(reply, _) => drop(reply.send(failed(error))),
+            Done::Compact(reply, _) | Done::Delete(reply, _) => drop(reply.send(failed(error))),
             Done::Salvage(reply, _) => drop(reply.send(failed(error))),
         }
     }
@@ -183,6 +191,7 @@ impl Done {
             Request::Append { reply, .. } => Done::Append(reply, failed("not run")),
             Request::Compact { reply, .. } => Done::Compact(reply, failed("not run")),
             Request::Salvage { reply, .. } => Done::Salvage(reply, failed("not run")),
+            Request::Delete { reply, .. } => Done::Delete(reply, failed("not run")),
         }
     }
 }
@@ -394,6 +403,15 @@ impl Store for SqliteStore {
             through_seq,
             reply,
         }))
+    }
+
+    fn delete<'a>(
+        &'a self,
+        room: &'a RoomKey,
+        _epoch: ripple_core::lease::Epoch,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let room = room.clone();
+        Box::pin(self.write(move |reply| Request::Delete { room, reply }))
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
@@ -637,7 +655,27 @@ fn apply(conn: &Connection, request: Request, last_seqs: &mut LastSeqs, isolate:
             };
             Done::Salvage(reply, result)
         }
+        Request::Delete { room, reply } => {
+            let result = if isolate {
+                in_savepoint(conn, |c| delete_rows(c, &room))
+            } else {
+                delete_rows(conn, &room)
+            };
+            // The next append starts the room again from 1.
+            last_seqs.forget(&room);
+            Done::Delete(reply, result)
+        }
     }
+}
+
+/// Removes the room's snapshot and log.
+fn delete_rows(conn: &Connection, room: &RoomKey) -> Result<(), StoreError> {
+    let key = params![room.party(), room.room()];
+    conn.execute("DELETE FROM snapshots WHERE party = ?1 AND room = ?2", key)
+        .map_err(unavailable)?;
+    conn.execute("DELETE FROM updates WHERE party = ?1 AND room = ?2", key)
+        .map_err(unavailable)?;
+    Ok(())
 }
 
 fn in_savepoint<T>(

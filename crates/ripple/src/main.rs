@@ -124,7 +124,8 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     if !config.persists_anything() {
         return Ok(Arc::new(MemoryStore::new()));
     }
-    ripple_store::open_store(&config.storage, &config.data_dir, config.durability)
+    let pool = config.postgres_pool_size;
+    ripple_store::open_store(&config.storage, &config.data_dir, config.durability, pool)
         .await
         .with_context(|| format!("opening storage {:?}", storage_label(&config.storage)))
 }
