@@ -723,12 +723,23 @@ async fn a_node_keeps_to_its_postgres_pool_size() {
 async fn a_clustered_node_on_every_interface_must_say_where_it_is_reached() {
     let db = TestDb::create("advertise").await;
     let out = ripple()
-        .args(["serve", "--host", "0.0.0.0", "--port", "0", "--storage", &db.url])
+        .args([
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--storage",
+            &db.url,
+        ])
         .args(["--cluster-secret", SECRET])
         .env("RIPPLE_LOG", "warn")
         .output()
         .expect("run ripple");
-    assert!(!out.status.success(), "started without an address to advertise");
+    assert!(
+        !out.status.success(),
+        "started without an address to advertise"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("advertise_url"), "{stderr}");
     db.drop_db().await;
