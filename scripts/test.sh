@@ -56,3 +56,7 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund
 fi
 npm test
+
+echo "== npm package (ripple-yjs installed from its tarballs, npx ripple dev, YPartyKitProvider)"
+cd ../..
+RIPPLE_BIN="$PWD/target/release/ripple" bash tests/npm-package/run.sh

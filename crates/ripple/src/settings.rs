@@ -142,6 +142,9 @@ pub fn load_serve(args: &ServeArgs) -> anyhow::Result<Config> {
 /// The effective configuration of `dev`: local unless `--host` says otherwise.
 pub fn load_dev(args: &DevArgs) -> anyhow::Result<Config> {
     let mut config = load_server(&args.server)?;
+    if args.server.storage.config.is_none() && !Path::new("ripple.toml").exists() {
+        crate::partykit_json::apply_to_dev(&mut config, args.server.port.is_some());
+    }
     config.host = args.host.clone().unwrap_or_else(|| "127.0.0.1".into());
     // A developer mistyping a token should not lock themselves out of their own laptop.
     config.auth_throttle_attempts = 0;
