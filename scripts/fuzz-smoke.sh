@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${FUZZ_SECONDS:-30}"
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(ws_decoder message_decode batch room_handle)
+  TARGETS=(ws_decoder message_decode batch room_handle link_frame)
   # Only present once the decode-bound checker exists.
   if grep -q '^name = "update_bounds"' fuzz/Cargo.toml; then
     TARGETS+=(update_bounds)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: formatting, lints, every Rust test (unit, integration, storage against
-# Postgres when configured), the README's run command, and the interop suite with real JS
-# clients from npm.
+# Postgres when configured), the README's run command, the interop suite with real JS clients
+# from npm, the committed page bundles (rebuilt and compared) and the pages in Chromium.
 #
 #   bash scripts/test.sh
 #
@@ -16,6 +16,9 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== web bundles (rebuilt from web/, compared with the ones the server embeds)"
+bash scripts/web-check.sh
 
 echo "== cargo test"
 if [ -n "${RIPPLE_TEST_DATABASE_URL:-}" ]; then
@@ -44,3 +47,16 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund
 fi
 npm test
+
+cd ../..
+
+echo "== browser (the pages in Chromium; screenshots in target/screenshots/)"
+cd tests/browser
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
+npm test
+
+echo "== npm package (ripple-yjs installed from its tarballs, npx ripple dev, YPartyKitProvider)"
+cd ../..
+RIPPLE_BIN="$PWD/target/release/ripple" bash tests/npm-package/run.sh

@@ -18,6 +18,7 @@ pub mod batch;
 pub mod bounds;
 pub mod hocuspocus;
 mod lib0;
+pub mod link;
 mod message;
 pub mod ws;
 
