@@ -84,9 +84,17 @@ async fn pages_are_served_on_plain_gets_and_upgrades_are_untouched() {
     assert_eq!(status, 101, "/demo is still a room");
     let mut c = server.client("room-x").await;
     assert!(c.synced(WAIT).await.is_ok());
-    // An upgrade on a page path goes to the room endpoint, which has no room there (as before).
+    // An upgrade on `/` is the Hocuspocus endpoint (issue 13), not the inspector page.
+    let (status, _) = raw(
+        server.addr,
+        &upgrade_request("/"),
+        Duration::from_millis(200),
+    )
+    .await;
+    assert_eq!(status, 101, "an upgrade on / is a Hocuspocus socket");
+    // An upgrade on another page path goes to the room endpoint, which has no room there (as
+    // before).
     for path in [
-        "/",
         "/demo/room-x",
         "/assets/demo.js",
         "/inspector/rooms",
