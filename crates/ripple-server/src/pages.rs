@@ -1,7 +1,8 @@
 //! The pages the binary serves to people: the inspector at `/`, the demo editor at
 //! `/demo/ROOM`, and their assets under `/assets/`, all embedded at compile time (the
 //! JavaScript is bundled by `web/build.mjs` and committed, so building needs no npm). Plain GETs
-//! only: a WebSocket upgrade to any of these paths goes to the room endpoint, as before.
+//! only: a WebSocket upgrade to any of these paths goes to the WebSocket endpoint, as before (on
+//! `/` that is a Hocuspocus socket, `hocuspocus.rs`).
 //!
 //! Who may see the inspector is `Config::inspector`: `ripple dev` opens it; `ripple serve` shows
 //! it only to requests carrying the admin token, and to nobody when no admin token is set. The
