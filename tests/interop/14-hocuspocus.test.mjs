@@ -132,6 +132,21 @@ for (const [version, lib] of Object.entries(HP)) {
   })
 }
 
+test('v4 with sessionAwareness: two providers of one document on one socket are two members of its room', { skip }, async () => {
+  const s = await server()
+  const name = uniqueRoom('hp-session')
+  const socket = hpSocket(HP.v4, s)
+  const options = { sessionAwareness: true }
+  const a = hpConnect(HP.v4, s, name, { socket, options })
+  const b = hpConnect(HP.v4, s, name, { socket, options })
+  await waitFor(() => a.provider.isSynced && b.provider.isSynced, 5000, { describe: 'both sessions to sync' })
+  const w = await connectSynced(s, name, { kind: 'ws' })
+  a.doc.getText('text').insert(0, 'from a')
+  await waitFor(() => b.doc.getText('text').toString() === 'from a', 5000, { describe: 'b to get a\'s edit' })
+  await waitFor(() => w.doc.getText('text').toString() === 'from a', 5000, { describe: 'the room (document name, not the session key) to get it' })
+  await waitFor(() => a.provider.unsyncedChanges === 0, 5000)
+})
+
 /** A raw Hocuspocus frame: varString(name), varUint(type), then `write(encoder)`. */
 function frame (name, type, write = () => {}) {
   const e = encoding.createEncoder()

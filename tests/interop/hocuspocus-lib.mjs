@@ -1,5 +1,5 @@
 // Helpers for the Hocuspocus interop tests: the real @hocuspocus/provider, two pinned majors
-// (npm aliases hp2 = 2.15.x, hp3 = 3.4.x), against a server started with lib.mjs.
+// (npm aliases hp2 = 2.15.x, hp3 = 3.4.x) and the current one (hp4 = 4.8.x), against a server started with lib.mjs.
 import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 import os from 'node:os'
@@ -8,10 +8,11 @@ import WebSocket from 'ws'
 import * as Y from 'yjs'
 import * as hp2 from 'hp2'
 import * as hp3 from 'hp3'
+import * as hp4 from 'hp4'
 import { rippleBin, waitFor } from './lib.mjs'
 
 /** The provider libraries under test, by label. */
-export const HP = { v2: hp2, v3: hp3 }
+export const HP = { v2: hp2, v3: hp3, v4: hp4 }
 
 const live = new Set()
 
@@ -33,7 +34,7 @@ export function hpSocket (lib, server, { path: p = '/' } = {}) {
  * A `HocuspocusProvider` for document `name` on `socket` (or its own socket at `path`). Returns
  * { provider, doc, failures (authenticationFailed reasons), closes (CLOSE reasons), destroy() }.
  */
-export function hpConnect (lib, server, name, { socket, token = null, path: p = '/', doc = new Y.Doc() } = {}) {
+export function hpConnect (lib, server, name, { socket, token = null, path: p = '/', doc = new Y.Doc(), options = {} } = {}) {
   const ownSocket = !socket
   socket = socket || hpSocket(lib, server, { path: p })
   const client = { doc, failures: [], closes: [], authenticated: [] }
@@ -45,7 +46,8 @@ export function hpConnect (lib, server, name, { socket, token = null, path: p = 
     broadcast: false, // 2.x: Node has a global BroadcastChannel, which would bypass the server
     onAuthenticationFailed: ({ reason }) => client.failures.push(reason),
     onAuthenticated: (data) => client.authenticated.push(data?.scope ?? null),
-    onClose: ({ event }) => client.closes.push(event?.reason ?? null)
+    onClose: ({ event }) => client.closes.push(event?.reason ?? null),
+    ...options
   })
   // 3.x attaches a provider to a socket it was given only when asked; 2.x always does.
   if (typeof provider.attach === 'function' && !provider.isAttached) provider.attach()

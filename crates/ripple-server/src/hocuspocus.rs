@@ -10,7 +10,8 @@
 //!    other than Auth are queued (`max_pre_auth_messages` per document, `max_pre_auth_bytes`
 //!    per socket; over ⇒ the socket is closed with 1008 and the provider reconnects and
 //!    resyncs). The Auth/Token message starts authorization with the same `Authorize` rules
-//!    as an upgrade, for room (`[hocuspocus] party`, document name). A first message that is
+//!    as an upgrade, for room (`[hocuspocus] party`, document name; provider 4.x with
+//!    `sessionAwareness` names `document\0session`, and the room is the part before the NUL). A first message that is
 //!    not Auth starts it without a token: provider 2.x sends no Auth message when it has no
 //!    token (3.x and 4.x always send one, first).
 //! 2. **Joined.** Authenticated (scope `read-write` or `readonly`) is sent, then the member
@@ -763,7 +764,10 @@ async fn decide(
         Decision::Denied(reason)
     };
     let party = &ctx.config.hocuspocus.party;
-    let key = match RoomKey::new(party, &room_id(name), ctx.config.max_room_id_len) {
+    // Provider 4.x with `sessionAwareness` sends `name\0session` as the name: the room is the
+    // document; replies keep the whole key (the provider routes by it).
+    let document = name.split('\0').next().unwrap_or(name);
+    let key = match RoomKey::new(party, &room_id(document), ctx.config.max_room_id_len) {
         Ok(key) => key,
         Err(e) => return denied(format!("bad document name: {e}")),
     };
