@@ -11,9 +11,9 @@
 //!    per socket; over ⇒ the socket is closed with 1008 and the provider reconnects and
 //!    resyncs). The Auth/Token message starts authorization with the same `Authorize` rules
 //!    as an upgrade, for room (`[hocuspocus] party`, document name; provider 4.x with
-//!    `sessionAwareness` names `document\0session`, and the room is the part before the NUL). A first message that is
-//!    not Auth starts it without a token: provider 2.x sends no Auth message when it has no
-//!    token (3.x and 4.x always send one, first).
+//!    `sessionAwareness` names `document\0session`, and the room is the part before the NUL).
+//!    A first message that is not Auth starts it without a token: provider 2.x sends no Auth
+//!    message when it has no token (3.x and 4.x always send one, first).
 //! 2. **Joined.** Authenticated (scope `read-write` or `readonly`) is sent, then the member
 //!    joins its room (whose greeting is our sync step 1 and the awareness states), then the
 //!    queue is replayed in order. Each document update is answered with one SyncStatus after
