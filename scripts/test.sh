@@ -32,6 +32,9 @@ else
   cargo test --workspace --locked
 fi
 
+echo "== fuzz smoke (every cargo-fuzz target, a fixed 20,000 runs from seed 1 on its corpus)"
+FUZZ_RUNS=20000 bash scripts/fuzz-smoke.sh
+
 echo "== README run command"
 # Built here with --locked; the README's `cargo run --release -- dev` then reuses it.
 cargo build --release --locked -p ripple

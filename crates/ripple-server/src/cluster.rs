@@ -236,23 +236,24 @@ fn ws_config() -> WebSocketConfig {
 pub(crate) struct Link {
     peer: String,
     out: mpsc::Sender<Bytes>,
-    /// Where the owner's frames for each stream go (the proxy that opened it).
-    streams: Mutex<HashMap<StreamId, mpsc::Sender<LinkFrame>>>,
+    /// Where the owner's frames for each stream go.
+    streams: Mutex<HashMap<StreamId, Route>>,
     next_stream: AtomicU64,
     /// Cancelled when the link is dead: every stream on it is over.
     broken: CancellationToken,
 }
 
 impl Link {
-    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, mpsc::Sender<LinkFrame>>> {
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Route>> {
         // Single inserts, removals and lookups: a poisoned lock is still sound.
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new stream whose frames from the owner go to `to`.
-    fn open(&self, to: mpsc::Sender<LinkFrame>) -> StreamId {
+    /// A new stream for the client behind `sink`: the owner's messages go straight to its sink,
+    /// its closes to the proxy `to`.
+    fn open(&self, sink: Arc<dyn Sink>, to: mpsc::Sender<LinkFrame>) -> StreamId {
         let stream = self.next_stream.fetch_add(1, Relaxed);
-        self.streams().insert(stream, to);
+        self.streams().insert(stream, Route { sink, proxy: to });
         stream
     }
 
@@ -269,8 +270,17 @@ impl Link {
     }
 }
 
+/// Where one stream's frames from the owner go on the forwarding node.
+struct Route {
+    /// The client's sink: messages and notices are framed and sent here by the link's reader
+    /// itself, with no hop through the proxy task (a delivery costs no task wake-up).
+    sink: Arc<dyn Sink>,
+    /// The proxy: closes, and a client that cannot keep up.
+    proxy: mpsc::Sender<LinkFrame>,
+}
+
 /// The forwarding side of a link: writes queued frames and pings; reads the owner's frames and
-/// routes them to their proxies. Ends (and marks the link broken) on any error or silence.
+/// delivers them to the clients (closes through their proxies). Ends (and marks the link broken) on any error or silence.
 async fn run_forwarding_link(
     ws: WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
     mut out_rx: mpsc::Receiver<Bytes>,
@@ -317,11 +327,50 @@ async fn run_forwarding_link(
                     break;
                 }
             };
-            let to = link.streams().get(&frame.stream()).cloned();
-            if let Some(to) = to {
-                // Waits when the proxy is behind: the link pushes back on the owner.
-                let _ = to.send(frame).await;
-            }
+            let stream = frame.stream();
+            let out = match &frame {
+                LinkFrame::Out { body, .. } => Some(Out::Doc(body.clone())),
+                LinkFrame::Notice {
+                    notice: Notice::ReadOnly,
+                    ..
+                } => Some(Out::ReadOnly),
+                LinkFrame::Notice {
+                    notice: Notice::Applied,
+                    ..
+                } => Some(Out::Applied),
+                LinkFrame::Notice {
+                    notice: Notice::Rejected,
+                    ..
+                } => Some(Out::Rejected),
+                _ => None,
+            };
+            let to = {
+                let streams = link.streams();
+                let Some(route) = streams.get(&stream) else {
+                    continue;
+                };
+                if let Some(out) = &out {
+                    let delivered = match route.sink.framing().frame(out) {
+                        Some(f) => route.sink.send(&[f]),
+                        None => true,
+                    };
+                    if delivered {
+                        continue;
+                    }
+                }
+                route.proxy.clone()
+            };
+            let frame = match out {
+                // Its queue is full: the proxy ends it (it reconnects and resyncs).
+                Some(_) => LinkFrame::Close {
+                    stream,
+                    code: code::TRY_AGAIN_LATER,
+                    reason: crate::closer::QUEUE_FULL.to_owned(),
+                },
+                None => frame,
+            };
+            // Waits when the proxy is behind: the link pushes back on the owner.
+            let _ = to.send(frame).await;
         }
     };
     tokio::select! {
@@ -414,7 +463,7 @@ pub(crate) async fn proxy(
                             let _ = reply.send(Err(JoinError::RoomFull(max)));
                             continue;
                         }
-                        let stream = link.open(down_tx.clone());
+                        let stream = link.open(member.sink.clone(), down_tx.clone());
                         let join = LinkFrame::Join {
                             stream,
                             party: key.party().to_owned(),
