@@ -21,7 +21,8 @@ use yrs::{
 };
 
 /// How an undeclared root's kind is guessed, in words (the API states it in its answers).
-pub const GUESS_RULE: &str = "roots without a declared kind are read as a map when they hold no sequence, else as text";
+pub const GUESS_RULE: &str =
+    "roots without a declared kind are read as a map when they hold no sequence, else as text";
 
 /// The kind of a root type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -159,14 +160,16 @@ pub fn any_to_json(any: &Any) -> Value {
         Any::Null | Any::Undefined | Any::Buffer(_) => Value::Null,
         Any::Bool(b) => Value::Bool(*b),
         Any::Number(yrs::Number::Int(i)) => Value::from(*i),
-        Any::Number(yrs::Number::Float(f)) => serde_json::Number::from_f64(*f).map_or(Value::Null, |n| {
-            // Whole numbers read back as integers, as JSON.parse would print them.
-            if f.fract() == 0.0 && f.abs() <= yrs::Number::F64_MAX_SAFE_INTEGER {
-                Value::from(*f as i64)
-            } else {
-                Value::Number(n)
-            }
-        }),
+        Any::Number(yrs::Number::Float(f)) => {
+            serde_json::Number::from_f64(*f).map_or(Value::Null, |n| {
+                // Whole numbers read back as integers, as JSON.parse would print them.
+                if f.fract() == 0.0 && f.abs() <= yrs::Number::F64_MAX_SAFE_INTEGER {
+                    Value::from(*f as i64)
+                } else {
+                    Value::Number(n)
+                }
+            })
+        }
         Any::String(s) => Value::String(s.to_string()),
         Any::Array(items) => Value::Array(items.iter().map(any_to_json).collect()),
         Any::Map(entries) => Value::Object(
@@ -185,8 +188,9 @@ pub fn json_to_any(value: &Value) -> Any {
         Value::Null => Any::Null,
         Value::Bool(b) => Any::Bool(*b),
         Value::Number(n) => match n.as_i64() {
-            Some(i) if (yrs::Number::I64_MIN_SAFE_INTEGER..=yrs::Number::I64_MAX_SAFE_INTEGER)
-                .contains(&i) =>
+            Some(i)
+                if (yrs::Number::I64_MIN_SAFE_INTEGER..=yrs::Number::I64_MAX_SAFE_INTEGER)
+                    .contains(&i) =>
             {
                 Any::Number(yrs::Number::Int(i))
             }
@@ -371,10 +375,7 @@ fn parse_op(op: &Value) -> Result<Op, String> {
     match (*kind, *action) {
         ("map", "set") => no_at(Op::MapSet {
             root,
-            entries: value
-                .as_object()
-                .ok_or("map set takes an object")?
-                .clone(),
+            entries: value.as_object().ok_or("map set takes an object")?.clone(),
         }),
         ("map", "delete") => no_at(Op::MapDelete {
             root,
@@ -387,7 +388,10 @@ fn parse_op(op: &Value) -> Result<Op, String> {
         }),
         ("text", "insert") => Ok(Op::TextInsert {
             root,
-            text: value.as_str().ok_or("text insert takes a string")?.to_owned(),
+            text: value
+                .as_str()
+                .ok_or("text insert takes a string")?
+                .to_owned(),
             at,
         }),
         ("text", "delete") => Ok(Op::TextDelete {
@@ -480,10 +484,7 @@ pub fn apply_ops(txn: &mut TransactionMut<'_>, ops: &[Op], kinds: &Kinds) -> Res
                             _ => None,
                         })
                         .unwrap_or("another type");
-                    return Err(format!(
-                        "op {i}: {name:?} is {is}, not {}",
-                        want.as_str()
-                    ));
+                    return Err(format!("op {i}: {name:?} is {is}, not {}", want.as_str()));
                 }
                 let len = match want {
                     Kind::Text => match txn.get_text(name) {
@@ -686,8 +687,14 @@ mod tests {
             .transact()
             .encode_state_as_update_v1(&Default::default());
         for (body, why) in [
-            (json!({"ops": [{"text": "meta", "insert": "x"}]}), "map as text"),
-            (json!({"ops": [{"map": "content", "set": {"a": 1}}]}), "text as map"),
+            (
+                json!({"ops": [{"text": "meta", "insert": "x"}]}),
+                "map as text",
+            ),
+            (
+                json!({"ops": [{"map": "content", "set": {"a": 1}}]}),
+                "text as map",
+            ),
             (
                 json!({"ops": [{"map": "meta", "set": {"a": 1}}, {"text": "content", "delete": 9, "at": 0}]}),
                 "past the end",

@@ -2,6 +2,9 @@
 //! `/parties/:party/:room`, `/party/:room` (legacy, party `main`) and `/:room`. Room ids are the
 //! raw path segments, as PartyKit treats them; authorization runs here, before the upgrade.
 //! `/metrics` needs the admin token when one is configured; `/healthz` and `/readyz` are open.
+//! The HTTP API's routes (`/api/v1/...`, `/openapi.json`) come from `api.rs`; none of them is a
+//! WebSocket room path (a WebSocket upgrade to `/openapi.json` still reaches room
+//! `openapi.json`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,10 +26,11 @@ use crate::ServerCtx;
 
 /// The router of a server.
 pub(crate) fn router(ctx: Arc<ServerCtx>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics));
+    crate::api::add_routes(router)
         .fallback(websocket)
         .with_state(ctx)
 }
@@ -80,7 +84,7 @@ fn reject(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, reason.into()).into_response()
 }
 
-async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response {
+pub(crate) async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
     let Some((party, room)) = room_path(&parts.uri) else {
         return reject(

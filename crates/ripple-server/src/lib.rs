@@ -2,6 +2,7 @@
 //! ([`connection`]), one actor per loaded room ([`room`]) and a registry actor that starts and
 //! retires them ([`registry`]). The entry point is [`run`].
 
+mod api;
 pub mod auth;
 mod auth_config;
 pub mod closer;
@@ -10,8 +11,6 @@ mod connection;
 mod http;
 mod listener;
 mod member;
-// The HTTP API and the inspector are its callers; until they land, parts are unused.
-#[allow(dead_code)]
 mod ops;
 mod origin;
 mod peer;
@@ -44,10 +43,8 @@ pub(crate) struct ServerCtx {
     pub(crate) stats: Arc<Stats>,
     pub(crate) registry: registry::Registry,
     /// Room operations without a socket (HTTP API, inspector): through the room actors.
-    #[allow(dead_code)]
     pub(crate) ops: ops::RoomOps,
     /// Storage, for listings of stored rooms (every write goes through a room actor).
-    #[allow(dead_code)]
     pub(crate) store: Arc<dyn Store>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
