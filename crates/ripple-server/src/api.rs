@@ -399,11 +399,11 @@ async fn list_rooms(State(ctx): State<Ctx>, req: Request) -> ApiResult {
             .filter(|n| (1..=MAX_LIMIT).contains(n))
             .ok_or_else(|| ApiError::bad_request(format!("limit must be 1..={MAX_LIMIT}")))?,
     };
-    let after = match q.get("cursor") {
+    let after = match q.get("cursor").filter(|c| !c.is_empty()) {
         None => None,
         Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::bad_request("bad cursor"))?),
     };
-    let party = q.get("party").map(String::as_str);
+    let party = q.get("party").map(String::as_str).filter(|p| !p.is_empty());
     let prefix = q.get("prefix").map(String::as_str).unwrap_or("");
     let stored = ctx
         .store
@@ -484,7 +484,12 @@ async fn get_state(State(ctx): State<Ctx>, req: Request) -> ApiResult {
     let (req, _body) = req.into_parts();
     let key = room_key(&ctx, &req)?;
     admit(&ctx, &req, &key, Need::Read).await?;
-    let sv = query(&req).get("sv").map(|s| decode_sv(s)).transpose()?;
+    // An empty sv is no sv: the whole state.
+    let sv = query(&req)
+        .get("sv")
+        .filter(|s| !s.is_empty())
+        .map(|s| decode_sv(s))
+        .transpose()?;
     find(&ctx, &key).await?.ok_or_else(|| no_such_room(&key))?;
     let state = ctx.ops.state(&key, sv).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], state).into_response())

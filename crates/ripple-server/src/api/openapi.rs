@@ -47,7 +47,7 @@ pub(crate) fn document() -> Value {
     let write = [400, 401, 403, 409, 413, 429, 503];
     let types_param = json!({"name": "types", "in": "query", "required": false,
         "description": "Kinds of root types, NAME:KIND separated by commas (KIND: text, map, array, xml); added to `[parties.NAME] types`",
-        "schema": {"type": "string"}, "example": "content:text,meta:map"});
+        "schema": {"type": "string", "pattern": "^\\s*([^,:=\\s][^,:=]*[:=]\\s*(text|map|array|xml)\\s*)?(,\\s*([^,:=\\s][^,:=]*[:=]\\s*(text|map|array|xml)\\s*)?)*$"}, "example": "content:text,meta:map"});
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -95,7 +95,7 @@ pub(crate) fn document() -> Value {
                     "summary": "The document as one Yjs v1 update, or what a state vector lacks",
                     "operationId": "getState",
                     "parameters": [{"name": "sv", "in": "query", "required": false,
-                        "description": "A Yjs state vector, base64 (standard or URL-safe, padding optional): only what it lacks is returned",
+                        "description": "A Yjs state vector, base64 (standard or URL-safe, padding optional): only what it lacks is returned. Empty or left out: the whole document",
                         "schema": {"type": "string"}}],
                     "responses": with(
                         json!({"200": {"description": "A Yjs v1 update", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}),
@@ -142,7 +142,7 @@ pub(crate) fn document() -> Value {
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                "RoomId": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[A-Za-z0-9._~!$&'()*+,;=:@%-]+$"},
+                "RoomId": {"type": "string", "minLength": 1, "description": "Raw as in the WebSocket path (not percent-decoded): up to max_room_id_len bytes of URL path-segment characters and % escapes; '.' and '..' are refused"},
                 "Error": {"type": "object", "required": ["error", "detail"], "properties": {
                     "error": {"type": "string", "enum": ["bad_request", "unauthorized", "forbidden", "not_found", "method_not_allowed", "owned_elsewhere", "too_large", "too_many_requests", "unavailable", "internal"]},
                     "detail": {"type": "string"}}},
