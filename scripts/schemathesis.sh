@@ -33,6 +33,9 @@ for _ in $(seq 100); do
 done
 
 status=0
+# Run from the scratch directory: schemathesis leaves its state (.schemathesis/) in the cwd.
+st="$(command -v "$st")"
+cd "$data"
 "$st" run "http://127.0.0.1:$port/openapi.json" \
   --checks "${SCHEMATHESIS_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,unsupported_method}" \
   --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-30}" \
