@@ -152,6 +152,9 @@ pub struct Config {
     /// The admin credential (`[admin]`). Never serialized.
     #[serde(skip_serializing)]
     pub admin: AdminConfig,
+    /// Webhooks to the app's backend (`[hooks]`). Never serialized: it holds a secret.
+    #[serde(skip_serializing)]
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 /// Per-party settings.
@@ -217,6 +220,7 @@ impl Default for Config {
             lease_ttl_secs: 10.0,
             auth: AuthSettings::default(),
             admin: AdminConfig::default(),
+            hooks: Default::default(),
         }
     }
 }

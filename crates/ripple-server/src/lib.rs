@@ -8,6 +8,7 @@ mod auth_config;
 pub mod closer;
 pub mod config;
 mod connection;
+pub mod hooks;
 mod http;
 mod listener;
 mod member;
@@ -88,7 +89,9 @@ impl Server {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let config = Arc::new(self.config);
+        let hooks = hooks::Hooks::new(&config.hooks).map_err(std::io::Error::other)?;
         let env = Arc::new(room::RoomEnv {
+            hooks: Arc::new(hooks),
             config: config.clone(),
             node_id: config.resolved_node_id().into(),
             store: self.store.clone(),

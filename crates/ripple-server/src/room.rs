@@ -47,14 +47,18 @@ pub(crate) enum JoinError {
     OwnedElsewhere(String),
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The load hook failed for a room with nothing stored: nothing was stored; try again.
+    #[error("{0}; reconnect")]
+    SeedFailed(String),
 }
 
 impl JoinError {
     pub(crate) fn close_code(&self) -> u16 {
         match self {
-            JoinError::RoomFull(_) | JoinError::TooManyRooms(_) | JoinError::OwnedElsewhere(_) => {
-                code::TRY_AGAIN_LATER
-            }
+            JoinError::RoomFull(_)
+            | JoinError::TooManyRooms(_)
+            | JoinError::OwnedElsewhere(_)
+            | JoinError::SeedFailed(_) => code::TRY_AGAIN_LATER,
             JoinError::LoadFailed(_) => code::INTERNAL_ERROR,
             JoinError::ShuttingDown => code::GOING_AWAY,
         }
@@ -262,6 +266,8 @@ pub(crate) struct RoomEnv {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutdown: CancellationToken,
+    /// The app's webhooks (the load hook seeds rooms with nothing stored).
+    pub(crate) hooks: Arc<crate::hooks::Hooks>,
 }
 
 /// What handling one message left to do.
@@ -378,7 +384,7 @@ pub(crate) async fn run(
             // keep retrying must not keep a refusal alive after the cause went away (for a
             // room owned elsewhere, about a second).
             let linger = match err {
-                JoinError::OwnedElsewhere(_) => Duration::from_secs(1),
+                JoinError::OwnedElsewhere(_) | JoinError::SeedFailed(_) => Duration::from_secs(1),
                 _ => env.config.room_linger().max(Duration::from_secs(1)),
             };
             let until = Instant::now() + linger;
@@ -443,9 +449,7 @@ async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Load
     }
     if !env.store.shared() {
         // One process owns this storage: no lease to take or renew (epoch 0).
-        let (room, seq, log) = load_stored(key, env, max_aw, max_doc)
-            .await
-            .map_err(JoinError::LoadFailed)?;
+        let (room, seq, log) = load_stored(key, env, 0, max_aw, max_doc).await?;
         return Ok((room, seq, log, None));
     }
     let times = env.config.lease_times();
@@ -457,21 +461,36 @@ async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Load
         }
         Err(e) => return Err(JoinError::LoadFailed(e.to_string())),
     };
-    let loaded = load_stored(key, env, max_aw, max_doc).await;
+    let loaded = load_stored(key, env, lease.epoch, max_aw, max_doc).await;
     if loaded.is_err() {
         let _ = env.store.release(key, lease.epoch).await;
     }
-    let (room, seq, log) = loaded.map_err(JoinError::LoadFailed)?;
+    let (room, seq, log) = loaded?;
     Ok((room, seq, log, Some(lease)))
 }
 
 async fn load_stored(
     key: &RoomKey,
     env: &RoomEnv,
+    epoch: Epoch,
     max_aw: usize,
     max_doc: u64,
-) -> Result<(Room, u64, VecDeque<(u64, u64)>), String> {
-    let stored: StoredRoom = env.store.load(key).await.map_err(|e| e.to_string())?;
+) -> Result<(Room, u64, VecDeque<(u64, u64)>), JoinError> {
+    let failed = |e: String| JoinError::LoadFailed(e);
+    let mut stored: StoredRoom = env
+        .store
+        .load(key)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if stored.is_empty() {
+        // Nothing stored: the load hook (if any) seeds the room before anyone syncs.
+        let limit = usize::try_from(max_doc).unwrap_or(usize::MAX);
+        stored = env
+            .hooks
+            .seed(key, env.store.as_ref(), epoch, limit, stored)
+            .await
+            .map_err(JoinError::SeedFailed)?;
+    }
     let seq = stored.last_seq();
     let log = stored
         .updates
@@ -481,8 +500,8 @@ async fn load_stored(
     // Decoding a large document is CPU work; keep it off the async workers.
     let room = tokio::task::spawn_blocking(move || Room::load(&stored, max_aw))
         .await
-        .map_err(|e| format!("load task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(format!("load task failed: {e}")))?
+        .map_err(|e| failed(e.to_string()))?;
     Ok((room.with_max_doc_bytes(max_doc), seq, log))
 }
 
