@@ -167,6 +167,8 @@ pub struct PartyConfig {
     /// Kinds of this party's root types (`{ content = "text", meta = "map" }`), for the HTTP
     /// API's JSON reads and edits; undeclared roots are guessed (`ripple_core::json`).
     pub types: ripple_core::json::Kinds,
+    /// This party's change webhook settings (`[parties.NAME.hooks]`).
+    pub hooks: crate::hooks::PartyHooks,
 }
 
 impl Default for Config {

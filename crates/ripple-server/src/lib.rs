@@ -89,9 +89,11 @@ impl Server {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let config = Arc::new(self.config);
-        let hooks = hooks::Hooks::new(&config.hooks).map_err(std::io::Error::other)?;
+        let hooks = Arc::new(
+            hooks::Hooks::new(&config, self.stats.clone()).map_err(std::io::Error::other)?,
+        );
         let env = Arc::new(room::RoomEnv {
-            hooks: Arc::new(hooks),
+            hooks: hooks.clone(),
             config: config.clone(),
             node_id: config.resolved_node_id().into(),
             store: self.store.clone(),
@@ -125,6 +127,9 @@ impl Server {
             shutdown: token.clone(),
             tracker: tracker.clone(),
         });
+        if hooks.has_change_hook() {
+            tracker.spawn(hooks::run_changes(hooks, ctx.ops.clone(), token.clone()));
+        }
         let app = http::router(ctx);
         let accept = listener::serve(
             listener,

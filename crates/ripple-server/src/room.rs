@@ -589,6 +589,7 @@ impl Actor {
                 // Every sender is gone: the server is shutting down.
                 self.finish().await;
                 self.release_lease().await;
+                self.hand_over_change();
                 return;
             };
             batch.push(first);
@@ -676,6 +677,8 @@ impl Actor {
                 }
             }
             self.env.stats.updates_applied.fetch_add(count, Relaxed);
+            // Durable: the change webhook (if any) hears of it, without waiting.
+            self.env.hooks.changed(&self.key, self.last_seq);
         }
         // Durable: the requests that waited for this turn's append get their answer.
         let seq = self.last_seq;
@@ -1357,6 +1360,7 @@ impl Actor {
         }
         // Compacted and about to close the inbox: another node may take the room at once.
         self.release_lease().await;
+        self.hand_over_change();
         // Joins that raced in between are refused without a reply; the connection asks the
         // registry again and gets a fresh actor that loads what we just stored.
         inbox.close();
@@ -1364,6 +1368,12 @@ impl Actor {
             drop(msg);
         }
         true
+    }
+
+    /// The room unloads: an unsent change goes to the change webhook now, with the final state.
+    fn hand_over_change(&mut self) {
+        let room = &mut self.room;
+        self.env.hooks.unloading(&self.key, || room.encode_state());
     }
 
     /// Final compaction, awaited.
