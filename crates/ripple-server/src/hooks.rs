@@ -604,18 +604,21 @@ async fn deliver(
                 inc(&hooks.stats.hook_change_dropped);
                 warn!(room = %key, seq = change.seq, attempts = change.attempts, error = %e,
                     "change webhook failed; giving this change up");
-            } else if p.rooms.contains_key(&key) {
-                // A newer change is waiting: it covers this one.
-                inc(&hooks.stats.hook_change_retries);
             } else {
                 inc(&hooks.stats.hook_change_retries);
-                let backoff = Duration::from_millis(250)
-                    .saturating_mul(1 << (change.attempts - 1).min(7))
-                    .min(Duration::from_secs(30));
-                warn!(room = %key, seq = change.seq, attempt = change.attempts, error = %e,
-                    retry_in = ?backoff, "change webhook failed; will retry");
-                change.retry_at = Some(Instant::now() + backoff);
-                p.rooms.insert(key, change);
+                match p.rooms.entry(key) {
+                    // A newer change is waiting: it covers this one.
+                    std::collections::hash_map::Entry::Occupied(_) => {}
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        let backoff = Duration::from_millis(250)
+                            .saturating_mul(1 << (change.attempts - 1).min(7))
+                            .min(Duration::from_secs(30));
+                        warn!(room = %slot.key(), seq = change.seq, attempt = change.attempts,
+                            error = %e, retry_in = ?backoff, "change webhook failed; will retry");
+                        change.retry_at = Some(Instant::now() + backoff);
+                        slot.insert(change);
+                    }
+                }
             }
         }
     }
