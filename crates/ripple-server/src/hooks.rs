@@ -388,6 +388,11 @@ impl Hooks {
         self.wake.notify_one();
     }
 
+    /// The room `key` was deleted: its unsent change is dropped.
+    pub(crate) fn forget(&self, key: &RoomKey) {
+        self.lock().rooms.remove(key);
+    }
+
     /// Whether any party has a change webhook.
     pub(crate) fn has_change_hook(&self) -> bool {
         self.change.is_some() || self.party_change.values().any(Option::is_some)

@@ -994,6 +994,8 @@ impl Actor {
     async fn delete(&mut self, close: Close) -> Result<(), RequestError> {
         self.close_all(close);
         self.deleted = true;
+        // What the change webhook has not sent yet is gone with the room.
+        self.env.hooks.forget(&self.key);
         if let Some(h) = self.compaction.take() {
             let _ = h.await;
         }
