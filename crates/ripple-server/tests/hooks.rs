@@ -511,3 +511,26 @@ async fn a_party_can_turn_the_change_webhook_off_or_point_it_elsewhere() {
         .all(|d| d.body["party"] != "quiet"));
     assert_eq!(server.stat(|s| &s.hook_change_delivered), 2);
 }
+
+#[tokio::test]
+async fn a_deleted_rooms_unsent_change_is_dropped() {
+    let hook = change_receiver(always_ok()).await;
+    let server = start(change_config(&hook, 600_000, 600_000)).await;
+    let mut c = server.client("doc").await;
+    insert_text(&c, 0, "doomed");
+    server
+        .wait_stat("edit", |s| &s.updates_applied, |n| n == 1)
+        .await;
+    let client = reqwest::Client::new();
+    let resp = client
+        .delete(format!("http://{}/api/v1/rooms/main/doc", server.addr))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(resp.status().as_u16(), 200);
+    let (close, _) = c.wait_closed(WAIT).await.expect("closed");
+    assert_eq!(close, code::ROOM_DELETED);
+    // Shutdown sends every pending change at once: none is left for the deleted room.
+    server.stop().await.expect("stops");
+    assert_eq!(hook.calls.load(Ordering::SeqCst), 0);
+}
