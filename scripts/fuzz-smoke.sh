@@ -4,6 +4,8 @@
 #
 #   bash scripts/fuzz-smoke.sh            # 30 s per target
 #   FUZZ_SECONDS=300 bash scripts/fuzz-smoke.sh ws_decoder batch
+#   FUZZ_RUNS=20000 bash scripts/fuzz-smoke.sh   # a fixed number of runs from seed 1: what
+#                                                # scripts/test.sh (and so CI) runs, repeatable
 #
 # Needs cargo-fuzz (installed from crates.io if missing) and a nightly feature of rustc, enabled on
 # the stable toolchain with RUSTC_BOOTSTRAP=1. See fuzz/README.md for what each target checks and
@@ -14,7 +16,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET="${FUZZ_SECONDS:-30}"
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(ws_decoder message_decode batch room_handle)
+  TARGETS=(ws_decoder message_decode batch room_handle link_frame)
   # Only present once the decode-bound checker exists.
   if grep -q '^name = "update_bounds"' fuzz/Cargo.toml; then
     TARGETS+=(update_bounds)
@@ -35,14 +37,23 @@ echo "== cargo fuzz build"
 cargo fuzz build
 
 for t in "${TARGETS[@]}"; do
-  echo "== fuzz $t for ${SECONDS_PER_TARGET}s"
+  if [ -n "${FUZZ_RUNS:-}" ]; then
+    echo "== fuzz $t: $FUZZ_RUNS runs from seed 1"
+  else
+    echo "== fuzz $t for ${SECONDS_PER_TARGET}s"
+  fi
   mkdir -p "corpus/$t"
   # A scratch copy: new inputs found here are not meant to be committed by CI.
   work="$(mktemp -d)"
   cp -r "corpus/$t/." "$work/"
   status=0
+  if [ -n "${FUZZ_RUNS:-}" ]; then
+    bound=(-runs="$FUZZ_RUNS" -seed=1)
+  else
+    bound=(-max_total_time="$SECONDS_PER_TARGET")
+  fi
   cargo fuzz run "$t" "$work" -- \
-    -max_total_time="$SECONDS_PER_TARGET" \
+    "${bound[@]}" \
     -malloc_limit_mb=512 -rss_limit_mb=1024 \
     -print_final_stats=1 2>"$work.log" || status=$?
   grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)|DONE' "$work.log" || true

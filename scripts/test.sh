@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: formatting, lints, every Rust test (unit, integration, storage against
 # Postgres when configured), the README's run command, schemathesis against the HTTP API's
-# OpenAPI document, and the interop suite with real JS clients from npm.
+# OpenAPI document, the interop suite with real JS clients from npm, the committed page bundles
+# (rebuilt and compared) and the pages in Chromium.
 #
 #   bash scripts/test.sh
 #
@@ -17,6 +18,9 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== web bundles (rebuilt from web/, compared with the ones the server embeds)"
+bash scripts/web-check.sh
+
 echo "== cargo test"
 if [ -n "${RIPPLE_TEST_DATABASE_URL:-}" ]; then
   echo "(with Postgres at RIPPLE_TEST_DATABASE_URL: running the ignored Postgres tests too)"
@@ -28,6 +32,9 @@ else
   echo "(RIPPLE_TEST_DATABASE_URL not set: the Postgres tests are reported as ignored)"
   cargo test --workspace --locked
 fi
+
+echo "== fuzz smoke (every cargo-fuzz target, a fixed 20,000 runs from seed 1 on its corpus)"
+FUZZ_RUNS=20000 bash scripts/fuzz-smoke.sh
 
 echo "== README run command"
 # Built here with --locked; the README's `cargo run --release -- dev` then reuses it.
@@ -54,3 +61,16 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund
 fi
 npm test
+
+cd ../..
+
+echo "== browser (the pages in Chromium; screenshots in target/screenshots/)"
+cd tests/browser
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund
+fi
+npm test
+
+echo "== npm package (ripple-yjs installed from its tarballs, npx ripple dev, YPartyKitProvider)"
+cd ../..
+RIPPLE_BIN="$PWD/target/release/ripple" bash tests/npm-package/run.sh

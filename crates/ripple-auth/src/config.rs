@@ -31,6 +31,37 @@ pub enum AuthConfig {
     Jwt(JwtConfig),
     /// Ask the application's HTTP endpoint.
     Webhook(WebhookConfig),
+    /// Verify a JWT locally, then ask the application's endpoint whether that verified user
+    /// may open the room (`mode = "jwt+webhook"`, e.g. Convex Auth plus workspace membership).
+    #[serde(rename = "jwt+webhook")]
+    JwtWebhook(JwtWebhookConfig),
+}
+
+/// Settings of `mode = "jwt+webhook"`: `[auth.jwt]` verifies the token (its rooms claims are
+/// not used: tokens such as Convex's name no rooms), `[auth.webhook]` decides membership.
+///
+/// ```toml
+/// [auth]
+/// mode = "jwt+webhook"
+/// [auth.jwt]
+/// jwks_url = "https://my-app.convex.site/.well-known/jwks.json"
+/// issuer = "https://my-app.convex.site"
+/// audience = "convex"
+/// [auth.webhook]
+/// url = "https://my-app.convex.site/ripple/membership"
+/// secret_env = "RIPPLE_WEBHOOK_SECRET"
+/// forward_token = true
+/// cache_ttl = "1m"
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtWebhookConfig {
+    /// How the token is verified. `claims.user` names the user (default `sub`); a token
+    /// without it is refused (401).
+    pub jwt: JwtConfig,
+    /// Where membership is asked. Answers are cached per (user, party, room) for `cache_ttl`,
+    /// never past the token's `exp`.
+    pub webhook: WebhookConfig,
 }
 
 /// A secret string from the config file. `Debug` prints `[redacted]`.
@@ -187,6 +218,10 @@ pub struct WebhookConfig {
     pub max_concurrent: usize,
     /// Longer tokens are refused without calling the webhook. Default 16 KiB.
     pub max_token_bytes: usize,
+    /// Also send the client's token as `Authorization: Bearer <token>`, so the endpoint can
+    /// verify it with its own auth library (a Convex HTTP action: `ctx.auth.getUserIdentity()`).
+    /// Default false.
+    pub forward_token: bool,
 }
 
 impl Default for WebhookConfig {
@@ -201,6 +236,7 @@ impl Default for WebhookConfig {
             cache_max_entries: 10_000,
             max_concurrent: 64,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            forward_token: false,
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::{
     Access, AuthError, AuthRequest, ClaimNames, Clock, ConfigError, Grant, JwtConfig, RoomPattern,
 };
 
-type Claims = Map<String, Value>;
+pub(crate) type Claims = Map<String, Value>;
 
 enum Keys {
     /// One configured key: an HMAC secret or a PEM public key.
@@ -172,6 +172,33 @@ impl JwtAuth {
     }
 
     pub(crate) async fn authorize(&self, req: &AuthRequest<'_>) -> Result<Grant, AuthError> {
+        let (claims, exp) = self.verify(req).await?;
+        self.grant(&claims, req, exp)
+    }
+
+    /// The user id claim (`claims.user`, default `sub`) of verified `claims`.
+    pub(crate) fn user_of(&self, claims: &Claims) -> Option<String> {
+        match claims.get(&self.claims.user) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The user info claim (`claims.user_info`, default `user`) of verified `claims`.
+    pub(crate) fn user_info_of(&self, claims: &Claims) -> Option<Value> {
+        claims
+            .get(&self.claims.user_info)
+            .filter(|v| !v.is_null())
+            .cloned()
+    }
+
+    /// Verifies the request's token (signature, algorithm, `iss`, `aud`, `exp`, `nbf`) and
+    /// returns its claims and `exp`; room access is not looked at.
+    pub(crate) async fn verify(
+        &self,
+        req: &AuthRequest<'_>,
+    ) -> Result<(Claims, Option<i64>), AuthError> {
         let token = req
             .token
             .ok_or_else(|| AuthError::unauthorized("missing token"))?;
@@ -210,7 +237,7 @@ impl JwtAuth {
             }
         };
         let exp = self.check_times(&claims)?;
-        self.grant(&claims, req, exp)
+        Ok((claims, exp))
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
@@ -300,15 +327,8 @@ impl JwtAuth {
             Some(_) => return Err(malformed()),
         };
         let access = best.ok_or_else(|| AuthError::forbidden("token does not grant this room"))?;
-        let user = match claims.get(&self.claims.user) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
-        let user_info = claims
-            .get(&self.claims.user_info)
-            .filter(|v| !v.is_null())
-            .cloned();
+        let user = self.user_of(claims);
+        let user_info = self.user_info_of(claims);
         Ok(Grant {
             access,
             user,

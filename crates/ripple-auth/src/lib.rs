@@ -7,7 +7,9 @@
 //! client offered subprotocols, the server echoes [`subprotocol_to_echo`].
 //!
 //! Modes ([`AuthConfig`]): `none` admits everyone with write access; `jwt` verifies a signed
-//! token whose claims list the rooms it opens; `webhook` asks the application over HTTP.
+//! token whose claims list the rooms it opens; `webhook` asks the application over HTTP;
+//! `jwt+webhook` verifies the token locally and asks the application whether that verified
+//! user may open the room (cached per user and room).
 //!
 //! Invariants: tokens and secrets never appear in logs or error messages; every cache and
 //! in-flight count is bounded; all time-dependent logic reads an injectable [`Clock`].
@@ -20,6 +22,7 @@ mod extract;
 mod http;
 mod jwks;
 mod jwt;
+mod membership;
 mod pattern;
 mod webhook;
 
@@ -32,7 +35,8 @@ use serde::{Deserialize, Serialize};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
-    AuthConfig, ClaimNames, ConfigError, JwtConfig, Secret, WebhookConfig, DEFAULT_MAX_TOKEN_BYTES,
+    AuthConfig, ClaimNames, ConfigError, JwtConfig, JwtWebhookConfig, Secret, WebhookConfig,
+    DEFAULT_MAX_TOKEN_BYTES,
 };
 pub use duration::{parse_duration, DurationError};
 pub use extract::{
@@ -213,6 +217,8 @@ enum Inner {
     None,
     Jwt(jwt::JwtAuth),
     Webhook(webhook::WebhookAuth),
+    // Boxed: it holds both of the others. Built once, behind an Arc.
+    JwtWebhook(Box<membership::MembershipAuth>),
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -239,18 +245,22 @@ impl Authenticator {
             }
             AuthConfig::Jwt(c) => Inner::Jwt(jwt::JwtAuth::new(c, clock)?),
             AuthConfig::Webhook(c) => Inner::Webhook(webhook::WebhookAuth::new(c, clock)?),
+            AuthConfig::JwtWebhook(c) => {
+                Inner::JwtWebhook(Box::new(membership::MembershipAuth::new(c, clock)?))
+            }
         };
         Ok(Self {
             inner: Arc::new(inner),
         })
     }
 
-    /// `"none"`, `"jwt"` or `"webhook"`.
+    /// `"none"`, `"jwt"`, `"webhook"` or `"jwt+webhook"`.
     pub fn mode(&self) -> &'static str {
         match &*self.inner {
             Inner::None => "none",
             Inner::Jwt(_) => "jwt",
             Inner::Webhook(_) => "webhook",
+            Inner::JwtWebhook(_) => "jwt+webhook",
         }
     }
 
@@ -260,6 +270,7 @@ impl Authenticator {
             Inner::None => Ok(Grant::anonymous_write()),
             Inner::Jwt(j) => j.authorize(&req).await,
             Inner::Webhook(w) => w.authorize(&req).await,
+            Inner::JwtWebhook(m) => m.authorize(&req).await,
         };
         match &result {
             Ok(g) => tracing::debug!(

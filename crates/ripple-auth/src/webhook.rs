@@ -4,7 +4,8 @@
 //! `{"party": "...", "room": "...", "token": "..." | null, "ip": "..." | null, "origin": "..." | null}`,
 //! signed in the [`SIGNATURE_HEADER`] header as `t=<unix seconds>,v1=<hex HMAC-SHA256 of
 //! "<t>.<body>">` (verify with [`verify_webhook_signature`]; reject stale `t` to stop replays).
-//! Redirects are not followed.
+//! Redirects are not followed. With `forward_token = true` the token is also sent as
+//! `Authorization: Bearer <token>`.
 //!
 //! Answers:
 //! - 2xx with `{"access": "read"|"write", "user": {...}?, "expires_at": <unix secs>?}` admits;
@@ -57,7 +58,22 @@ pub(crate) struct WebhookAuth {
     cache: Mutex<TtlCache<[u8; 32], Decision>>,
     slots: tokio::sync::Semaphore,
     max_token_bytes: usize,
+    forward_token: bool,
     clock: Arc<dyn Clock>,
+}
+
+/// One question for the endpoint.
+pub(crate) struct Ask<'a> {
+    /// The cache key of the answer.
+    pub(crate) key: [u8; 32],
+    /// The JSON body to POST.
+    pub(crate) body: Value,
+    /// The client's token, forwarded as `Authorization: Bearer` when `forward_token` is set.
+    pub(crate) token: Option<&'a str>,
+    /// An admission is cached no later than this (the token's `exp`).
+    pub(crate) not_after: Option<SystemTime>,
+    /// Whether a 401 is cached like a 403 (not when the key does not cover the token).
+    pub(crate) cache_unauthorized: bool,
 }
 
 impl WebhookAuth {
@@ -93,6 +109,7 @@ impl WebhookAuth {
                 c.max_concurrent.min(tokio::sync::Semaphore::MAX_PERMITS),
             ),
             max_token_bytes: c.max_token_bytes,
+            forward_token: c.forward_token,
             clock,
         })
     }
@@ -101,38 +118,54 @@ impl WebhookAuth {
         if req.token.is_some_and(|t| t.len() > self.max_token_bytes) {
             return Err(AuthError::unauthorized("token too large"));
         }
-        let key = cache_key(req);
-        let now = self.clock.now();
-        if let Some(hit) = self.lock_cache().get(&key, now) {
-            return hit;
-        }
         let body = json!({
             "party": req.party,
             "room": req.room,
             "token": req.token,
             "ip": req.remote_addr.map(|a| a.to_string()),
             "origin": req.origin,
-        })
-        .to_string()
-        .into_bytes();
+        });
+        let ask = Ask {
+            key: cache_key(req),
+            body,
+            token: req.token,
+            not_after: None,
+            cache_unauthorized: true,
+        };
+        self.decide(req, ask).await
+    }
+
+    /// Asks the endpoint (or the cache) one question: POSTs `ask.body`, signed, with the
+    /// client's token as `Authorization: Bearer` when `forward_token` is set, and caches the
+    /// answer under `ask.key` (admissions never past `ask.not_after`).
+    pub(crate) async fn decide(&self, req: &AuthRequest<'_>, ask: Ask<'_>) -> Decision {
+        let now = self.clock.now();
+        if let Some(hit) = self.lock_cache().get(&ask.key, now) {
+            return hit;
+        }
+        let body = ask.body.to_string().into_bytes();
         let t = u64::try_from(unix_secs(now)).unwrap_or(0);
         let signature = sign_webhook(self.secret.expose(), t, &body);
-        let decision = tokio::time::timeout(self.timeout, self.call(body, signature))
+        let bearer = ask.token.filter(|_| self.forward_token);
+        let decision = tokio::time::timeout(self.timeout, self.call(body, signature, bearer))
             .await
             .unwrap_or_else(|_| {
                 tracing::warn!(party = req.party, room = req.room, "auth webhook timed out");
                 Err(AuthError::unavailable("auth webhook timed out"))
             });
+        let until =
+            |t: Option<SystemTime>| t.map(|t| t.duration_since(now).unwrap_or(Duration::ZERO));
         let ttl = match &decision {
-            Ok(grant) => grant.expires_at.map_or(self.allow_ttl, |exp| {
-                exp.duration_since(now)
-                    .unwrap_or(Duration::ZERO)
-                    .min(self.allow_ttl)
-            }),
+            Ok(grant) => [until(grant.expires_at), until(ask.not_after)]
+                .into_iter()
+                .flatten()
+                .fold(self.allow_ttl, Duration::min),
+            Err(AuthError::Unauthorized(_)) if !ask.cache_unauthorized => Duration::ZERO,
             Err(AuthError::Unauthorized(_) | AuthError::Forbidden(_)) => self.deny_ttl,
             Err(AuthError::Unavailable(_)) => Duration::ZERO,
         };
-        self.lock_cache().insert(key, decision.clone(), ttl, now);
+        self.lock_cache()
+            .insert(ask.key, decision.clone(), ttl, now);
         decision
     }
 
@@ -140,29 +173,29 @@ impl WebhookAuth {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn call(&self, body: Vec<u8>, signature: String) -> Decision {
+    async fn call(&self, body: Vec<u8>, signature: String, bearer: Option<&str>) -> Decision {
         let _slot = self
             .slots
             .acquire()
             .await
             .map_err(|_| AuthError::unavailable("auth webhook closed"))?;
-        let resp = self
+        let mut request = self
             .client
             .post(self.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, signature)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                let timed_out = e.is_timeout();
-                tracing::warn!(error = %e.without_url(), "auth webhook request failed");
-                if timed_out {
-                    AuthError::unavailable("auth webhook timed out")
-                } else {
-                    AuthError::unavailable("auth webhook unreachable")
-                }
-            })?;
+            .header(SIGNATURE_HEADER, signature);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        let resp = request.body(body).send().await.map_err(|e| {
+            let timed_out = e.is_timeout();
+            tracing::warn!(error = %e.without_url(), "auth webhook request failed");
+            if timed_out {
+                AuthError::unavailable("auth webhook timed out")
+            } else {
+                AuthError::unavailable("auth webhook unreachable")
+            }
+        })?;
         let status = resp.status().as_u16();
         let body = crate::http::read_limited(resp, MAX_ANSWER_BYTES).await;
         match status {

@@ -24,7 +24,9 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct Global {
-    /// URL template: {room} is the room name, {conn} a unique connection id.
+    /// URL template: {room} is the room name, {conn} a unique connection id. Several URLs,
+    /// comma-separated (a cluster's nodes): each room's first connection uses the first, the
+    /// others go round-robin over the rest.
     #[arg(long, default_value = "ws://127.0.0.1:1999/{room}")]
     url: String,
     /// Wire protocol.
@@ -285,7 +287,9 @@ fn main() -> anyhow::Result<()> {
             }),
         ),
     };
-    check_local(&g.url)?;
+    for url in g.url.split(',') {
+        check_local(url.trim())?;
+    }
     let common = Common {
         target: Target {
             url: g.url.clone(),

@@ -30,9 +30,16 @@ pub struct Target {
 }
 
 impl Target {
-    /// The URL for one connection.
+    /// The URL for one connection. A template may list several URLs, comma-separated (the
+    /// nodes of a cluster): a room's connection 0 (fanout's writer, the one that makes its
+    /// node the room's owner) uses the first; the others go round-robin over the rest.
     pub fn url_for(&self, room: &str, conn: u64) -> String {
-        self.url
+        let urls: Vec<&str> = self.url.split(',').map(str::trim).collect();
+        let template = match (conn, urls.len()) {
+            (_, 1) | (0, _) => urls[0],
+            (n, len) => urls[1 + ((n - 1) % (len as u64 - 1)) as usize],
+        };
+        template
             .replace("{room}", room)
             .replace("{conn}", &format!("b{:x}-{conn}", std::process::id()))
     }

@@ -183,6 +183,34 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Ends every lease `node` holds now, because another node has evidence that it is dead
+    /// (its address refuses connections): its rooms can be taken over at once instead of when
+    /// the leases lapse. Safe even if the evidence is wrong: a taken-over room gets a new epoch,
+    /// so a live former owner's next write is fenced (it then closes its clients). Returns how
+    /// many leases ended.
+    fn release_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        let _ = node;
+        Box::pin(async { Ok(0) })
+    }
+
+    /// Records where node `node` can be reached by the other nodes sharing this store
+    /// (`advertise_url`), so that a node that does not own a room can forward its clients to
+    /// the owner. Stores that only one process opens have no other nodes: a no-op.
+    fn advertise<'a>(
+        &'a self,
+        node: &'a str,
+        url: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (node, url);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Where node `node` said it can be reached ([`Store::advertise`]), if it did.
+    fn node_url<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let _ = node;
+        Box::pin(async { Ok(None) })
+    }
+
     /// Lists stored rooms.
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>>;
 

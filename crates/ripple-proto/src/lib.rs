@@ -16,6 +16,7 @@ pub mod awareness;
 pub mod batch;
 pub mod bounds;
 mod lib0;
+pub mod link;
 mod message;
 pub mod ws;
 

@@ -27,6 +27,9 @@ pub enum DecodeError {
     /// A y-pk-batch marker or sequence is malformed.
     #[error("bad y-pk-batch message: {0}")]
     Batch(String),
+    /// A node-to-node link frame is malformed.
+    #[error("bad link frame: {0}")]
+    Link(String),
     /// A reassembled or single message exceeds the size limit.
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
@@ -73,6 +76,19 @@ impl Reader {
                 return Err(DecodeError::VarIntOverflow);
             }
         }
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+        let byte = *self.buf.get(self.pos).ok_or(DecodeError::UnexpectedEnd)?;
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    /// Everything not read yet.
+    pub(crate) fn rest(&mut self) -> Bytes {
+        let out = self.buf.slice(self.pos..);
+        self.pos = self.buf.len();
+        out
     }
 
     pub(crate) fn var_bytes(&mut self) -> Result<Bytes, DecodeError> {

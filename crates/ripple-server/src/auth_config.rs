@@ -66,7 +66,7 @@ impl<'de> Deserialize<'de> for AuthSettings {
             AuthConfig::None
         } else if !table.contains_key("mode") {
             return Err(D::Error::custom(
-                "[auth] needs mode = \"none\", \"jwt\" or \"webhook\"",
+                "[auth] needs mode = \"none\", \"jwt\", \"webhook\" or \"jwt+webhook\"",
             ));
         } else {
             AuthConfig::deserialize(serde_json::Value::Object(table)).map_err(D::Error::custom)?

@@ -143,9 +143,25 @@ pub struct Config {
     /// rooms stay unavailable before another node may take them over. Renewed every fifth of it;
     /// a node that cannot renew stops serving a room a fifth of it before the lease can lapse.
     pub lease_ttl_secs: f64,
+    /// The secret shared by the nodes of a cluster (`RIPPLE_CLUSTER_SECRET`): it authenticates
+    /// node-to-node links. With it, a node forwards the clients of a room another node owns to
+    /// that node; without it, such clients are refused (1013) and links are not accepted.
+    /// Never serialized.
+    #[serde(skip_serializing)]
+    pub cluster_secret: String,
+    /// Connections to Postgres per node (one carries the group-committing writer; loads,
+    /// compactions and leases share the rest). Mind the server's `max_connections` across
+    /// all nodes.
+    pub postgres_pool_size: usize,
+    /// How the other nodes reach this one (`ws://10.0.0.5:1999`). Empty: `ws://` plus the bound
+    /// address, when the host is a specific address (not 0.0.0.0 or ::).
+    pub advertise_url: String,
     /// Threads running connections and rooms; 0 means one per CPU core. (Storage writes and
     /// document loads run on their own threads either way.)
     pub worker_threads: usize,
+    /// Who may open the inspector at `/`: `"admin"` (requests with the admin token; nobody
+    /// without one configured), `"open"` (`ripple dev`) or `"off"`.
+    pub inspector: crate::pages::InspectorAccess,
     /// Client authentication (`[auth]`). Never serialized: it may hold secrets.
     #[serde(skip_serializing)]
     pub auth: AuthSettings,
@@ -220,6 +236,10 @@ impl Default for Config {
             worker_threads: 0,
             node_id: String::new(),
             lease_ttl_secs: 10.0,
+            inspector: Default::default(),
+            cluster_secret: String::new(),
+            postgres_pool_size: 8,
+            advertise_url: String::new(),
             auth: AuthSettings::default(),
             admin: AdminConfig::default(),
             hooks: Default::default(),

@@ -5,6 +5,7 @@
 //! The HTTP API's routes (`/api/v1/...`, `/openapi.json`) come from `api.rs`; none of them is a
 //! WebSocket room path (a WebSocket upgrade to `/openapi.json` still reaches room
 //! `openapi.json`).
+//! Plain GETs of `/`, `/demo/ROOM` and `/assets/...` are pages (`pages.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,7 +30,9 @@ pub(crate) fn router(ctx: Arc<ServerCtx>) -> Router {
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .merge(crate::pages::routes())
+        .route(crate::cluster::LINK_PATH, get(link));
     crate::api::add_routes(router)
         .fallback(websocket)
         .with_state(ctx)
@@ -41,7 +44,7 @@ async fn ready(State(ctx): State<Arc<ServerCtx>>) -> Response {
     } else if ctx.stats.storage_failing(ctx.config.storage_unready()) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "storage unavailable: an append failed recently",
+            "storage unavailable: an append or a lease renewal failed recently; this node cannot own rooms",
         )
             .into_response()
     } else {
@@ -66,6 +69,45 @@ async fn metrics(State(ctx): State<Arc<ServerCtx>>, headers: HeaderMap) -> Respo
         ctx.stats.render(ctx.config.storage_unready()),
     )
         .into_response()
+}
+
+/// A link from another node of the cluster (`cluster.rs`): the cluster secret as a bearer
+/// token, the node's id in `X-Ripple-Node`.
+async fn link(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let Some(cluster) = ctx.cluster.clone() else {
+        return reject(StatusCode::NOT_FOUND, "this node is not part of a cluster");
+    };
+    if !cluster.admits(
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    ) {
+        return reject(
+            StatusCode::UNAUTHORIZED,
+            "cluster links need the cluster secret (Authorization: Bearer ...)",
+        );
+    }
+    let peer = parts
+        .headers
+        .get("x-ripple-node")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unnamed")
+        .to_owned();
+    let (accept, on_upgrade) = match websocket_handshake(&mut parts) {
+        Ok(v) => v,
+        Err((status, reason)) => return reject(status, reason),
+    };
+    let tracker = ctx.tracker.clone();
+    tracker.spawn(crate::cluster::serve_link(on_upgrade, ctx, peer));
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "bad response"))
 }
 
 /// Splits a request path into (party, room), raw.

@@ -6,6 +6,7 @@ mod api;
 pub mod auth;
 mod auth_config;
 pub mod closer;
+mod cluster;
 pub mod config;
 mod connection;
 pub mod hooks;
@@ -14,6 +15,7 @@ mod listener;
 mod member;
 mod ops;
 mod origin;
+mod pages;
 mod peer;
 mod quota;
 mod registry;
@@ -33,6 +35,7 @@ use tracing::{info, warn};
 
 pub use auth::{AllowAll, Authorize};
 pub use config::{Config, Durability, PersistMode};
+pub use pages::InspectorAccess;
 pub use stats::Stats;
 pub use token_auth::TokenAuth;
 
@@ -45,6 +48,8 @@ pub(crate) struct ServerCtx {
     pub(crate) registry: registry::Registry,
     /// Room operations without a socket (HTTP API, inspector): through the room actors.
     pub(crate) ops: ops::RoomOps,
+    /// This node's cluster links, if it is part of a cluster.
+    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
     /// Storage, for listings of stored rooms (every write goes through a room actor).
     pub(crate) store: Arc<dyn Store>,
     pub(crate) shutdown: CancellationToken,
@@ -92,14 +97,32 @@ impl Server {
         let hooks = Arc::new(
             hooks::Hooks::new(&config, self.stats.clone()).map_err(std::io::Error::other)?,
         );
+        let node_id: Arc<str> = config.resolved_node_id().into();
         let env = Arc::new(room::RoomEnv {
             hooks: hooks.clone(),
             config: config.clone(),
-            node_id: config.resolved_node_id().into(),
+            node_id: node_id.clone(),
             store: self.store.clone(),
             stats: self.stats.clone(),
             shutdown: token.clone(),
+            cluster: cluster::Cluster::new(
+                node_id.clone(),
+                &config.cluster_secret,
+                self.store.clone(),
+                self.stats.clone(),
+                token.clone(),
+            ),
         });
+        if env.cluster.is_some() {
+            let url = advertise_url(&config, &listener)?;
+            self.store
+                .advertise(&node_id, &url)
+                .await
+                .map_err(std::io::Error::other)?;
+            info!(node = %node_id, %url, "cluster: this node forwards the clients of rooms it does not own to their owner");
+        } else if self.store.shared() {
+            warn!("storage is shared but no cluster secret is set (RIPPLE_CLUSTER_SECRET): clients of rooms another node owns are refused with 1013, not forwarded");
+        }
         let origins = origin::OriginPolicy::new(&config.allowed_origins);
         for entry in &origins.invalid {
             warn!(
@@ -114,9 +137,11 @@ impl Server {
             );
         }
         let store = self.store.clone();
+        let cluster = env.cluster.clone();
         let registry = registry::Registry::start(env, tracker.clone());
         let ctx = Arc::new(ServerCtx {
             ops: ops::RoomOps::new(registry.clone()),
+            cluster,
             store,
             throttle: throttle::AuthThrottle::new(&config),
             origins,
@@ -157,4 +182,20 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// How the other nodes reach this one: `advertise_url`, or `ws://` plus the bound address when
+/// the host is a specific address.
+fn advertise_url(config: &Config, listener: &TcpListener) -> std::io::Result<String> {
+    if !config.advertise_url.is_empty() {
+        return Ok(config.advertise_url.clone());
+    }
+    let addr = listener.local_addr()?;
+    if addr.ip().is_unspecified() {
+        return Err(std::io::Error::other(format!(
+            "cluster: bound to {addr}, so the other nodes cannot be told where this one is; set advertise_url (RIPPLE_ADVERTISE_URL, e.g. ws://10.0.0.5:{})",
+            addr.port()
+        )));
+    }
+    Ok(format!("ws://{addr}"))
 }

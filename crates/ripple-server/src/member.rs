@@ -52,6 +52,10 @@ pub(crate) enum Out {
 pub(crate) enum Framing {
     /// y-websocket and y-partykit: one message per binary frame.
     YWebsocket,
+    /// A client forwarded from another node (`cluster.rs`). These frames never reach a socket:
+    /// the link sink turns them into link frames. A message is shared as is (binary); the
+    /// notices are marked by a text opcode and a letter.
+    Link,
 }
 
 impl Framing {
@@ -65,6 +69,13 @@ impl Framing {
             )),
             // y-websocket has no acknowledgements.
             (Framing::YWebsocket, Out::Applied) => None,
+            (Framing::Link, Out::Doc(body)) => Some(OutFrame::binary(body.clone())),
+            (Framing::Link, Out::ReadOnly) => {
+                Some(OutFrame::new(ws::opcode::TEXT, Bytes::from_static(b"r")))
+            }
+            (Framing::Link, Out::Applied) => {
+                Some(OutFrame::new(ws::opcode::TEXT, Bytes::from_static(b"a")))
+            }
         }
     }
 }
@@ -99,6 +110,11 @@ pub(crate) trait Sink: Send + Sync + std::fmt::Debug {
     /// client has been silent since `heard_by` ([`now_ms`] time). Sinks whose socket is kept
     /// alive elsewhere (a shared socket pings once, not once per document) do nothing.
     fn keepalive(&self, _heard_by: u64) {}
+    /// Whether this member was forwarded by another node (such a member is never forwarded
+    /// again: nodes that disagree about a room's owner must not bounce clients between them).
+    fn forwarded(&self) -> bool {
+        false
+    }
     /// For inspection: the protocol, remote address and what waits in the outbound queue.
     fn describe(&self) -> SinkInfo;
 }

@@ -57,6 +57,16 @@ impl OutFrame {
         self.head.as_bytes().len() + self.body.len()
     }
 
+    /// The frame's opcode.
+    pub(crate) fn opcode(&self) -> u8 {
+        self.head.as_bytes()[0] & 0x0f
+    }
+
+    /// The frame's payload.
+    pub(crate) fn body(&self) -> &Bytes {
+        &self.body
+    }
+
     /// This frame's bytes from `offset` on, as at most two slices.
     fn slices(&self, offset: usize) -> [&[u8]; 2] {
         let head = self.head.as_bytes();

@@ -125,7 +125,7 @@ pub(crate) enum Request {
 
 impl Request {
     /// Answers the request with `err` (the room could not load or is going away).
-    fn refuse(self, err: &JoinError) {
+    pub(crate) fn refuse(self, err: &JoinError) {
         let e = RequestError::Unavailable(err.to_string());
         match self {
             Request::Apply { reply, .. } | Request::Edit { reply, .. } => {
@@ -268,6 +268,9 @@ pub(crate) struct RoomEnv {
     pub(crate) shutdown: CancellationToken,
     /// The app's webhooks (the load hook seeds rooms with nothing stored).
     pub(crate) hooks: Arc<crate::hooks::Hooks>,
+    /// This node's links to other nodes, when it is part of a cluster (a shared store and a
+    /// cluster secret): rooms owned elsewhere are then forwarded, not refused.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What handling one message left to do.
@@ -368,13 +371,30 @@ pub(crate) async fn run(
     members: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let persist = env.config.persist_for(key.party());
-    let loaded = load(&key, &env, persist).await;
+    let mut loaded = load(&key, &env, persist).await;
+    if let (Err(JoinError::OwnedElsewhere(owner)), Some(_)) = (&loaded, &env.cluster) {
+        inc(&env.stats.owned_elsewhere);
+        let owner = owner.clone();
+        let end =
+            crate::cluster::proxy(key.clone(), owner, env.clone(), &mut inbox, members.clone())
+                .await;
+        if end != crate::cluster::ProxyEnd::OwnerDead {
+            return;
+        }
+        // The owner died and its leases were ended: take the room (once).
+        loaded = load(&key, &env, persist).await;
+        if let Err(JoinError::OwnedElsewhere(owner)) = &loaded {
+            let owner = owner.clone();
+            crate::cluster::proxy(key, owner, env, &mut inbox, members).await;
+            return;
+        }
+    }
     let (room, stored_seq, log, lease) = match loaded {
         Ok(v) => v,
         Err(err) => {
             if let JoinError::OwnedElsewhere(owner) = &err {
                 inc(&env.stats.owned_elsewhere);
-                info!(room = %key, %owner, "room is owned by another node; refusing its connections");
+                info!(room = %key, %owner, "room is owned by another node; refusing its connections (no cluster secret: no forwarding)");
             } else {
                 inc(&env.stats.room_load_failures);
                 error!(room = %key, reason = %err, "room failed to load; refusing its connections");
@@ -387,17 +407,7 @@ pub(crate) async fn run(
                 JoinError::OwnedElsewhere(_) | JoinError::SeedFailed(_) => Duration::from_secs(1),
                 _ => env.config.room_linger().max(Duration::from_secs(1)),
             };
-            let until = Instant::now() + linger;
-            while let Ok(Some(msg)) = tokio::time::timeout_at(until, inbox.recv()).await {
-                match msg {
-                    RoomMsg::Join { reply, .. } => {
-                        let _ = reply.send(Err(err.clone()));
-                    }
-                    RoomMsg::Request(request) => request.refuse(&err),
-                    _ => {}
-                }
-            }
-            refuse_all(&mut inbox, err).await;
+            linger_refusing(&mut inbox, err, linger).await;
             return;
         }
     };
@@ -455,14 +465,22 @@ async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Load
     let times = env.config.lease_times();
     let sent = Instant::now().into_std();
     let lease = match env.store.acquire(key, &env.node_id, times.ttl).await {
-        Ok(grant) => Holder::granted(&grant, sent, times),
+        Ok(grant) => {
+            inc(&env.stats.rooms_owned);
+            Holder::granted(&grant, sent, times)
+        }
         Err(StoreError::Lease(LeaseError::Held { owner, .. })) => {
             return Err(JoinError::OwnedElsewhere(owner))
         }
-        Err(e) => return Err(JoinError::LoadFailed(e.to_string())),
+        Err(e) => {
+            // This node cannot take leases now: it cannot own rooms (`/readyz` says so).
+            env.stats.append_failed();
+            return Err(JoinError::LoadFailed(e.to_string()));
+        }
     };
     let loaded = load_stored(key, env, lease.epoch, max_aw, max_doc).await;
     if loaded.is_err() {
+        crate::stats::dec(&env.stats.rooms_owned);
         let _ = env.store.release(key, lease.epoch).await;
     }
     let (room, seq, log) = loaded?;
@@ -513,6 +531,30 @@ fn drain_into(inbox: &mut mpsc::Receiver<RoomMsg>, batch: &mut Vec<RoomMsg>) {
             Err(_) => break,
         }
     }
+}
+
+/// Answers joins and requests with `err` for `linger`, then closes the inbox.
+pub(crate) async fn linger_refusing(
+    inbox: &mut mpsc::Receiver<RoomMsg>,
+    err: JoinError,
+    linger: Duration,
+) {
+    let until = Instant::now() + linger;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(until, inbox.recv()).await {
+        match msg {
+            RoomMsg::Join { reply, .. } => {
+                let _ = reply.send(Err(err.clone()));
+            }
+            RoomMsg::Request(request) => request.refuse(&err),
+            _ => {}
+        }
+    }
+    refuse_all(inbox, err).await;
+}
+
+/// Closes the inbox and answers what still waits in it with `err`.
+pub(crate) async fn refuse_remaining(inbox: &mut mpsc::Receiver<RoomMsg>, err: JoinError) {
+    refuse_all(inbox, err).await;
 }
 
 /// Answers every join waiting in the inbox with `err`, then closes the inbox.
@@ -1155,7 +1197,9 @@ impl Actor {
     fn lose_lease(&mut self, why: &str) {
         inc(&self.env.stats.lease_losses);
         warn!(room = %self.key, why, "lost the room's lease; closing its connections");
-        self.lease = None;
+        if self.lease.take().is_some() {
+            crate::stats::dec(&self.env.stats.rooms_owned);
+        }
         self.compaction = None;
         self.log.clear();
         self.close_all(Close::new(
@@ -1201,12 +1245,14 @@ impl Actor {
                         return false;
                     }
                     Ok(Err(e)) => {
+                        self.env.stats.append_failed();
                         warn!(room = %self.key, error = %e, "lease renewal failed; retrying");
                         if let Some(lease) = self.lease.as_mut() {
                             lease.renewal_failed(Instant::now().into_std());
                         }
                     }
                     Err(_) => {
+                        self.env.stats.append_failed();
                         warn!(room = %self.key, "lease renewal timed out; retrying");
                         if let Some(lease) = self.lease.as_mut() {
                             lease.renewal_failed(Instant::now().into_std());
@@ -1222,6 +1268,7 @@ impl Actor {
     /// Ends the lease so another node may take the room at once (after the final compaction).
     async fn release_lease(&mut self) {
         if let Some(lease) = self.lease.take() {
+            crate::stats::dec(&self.env.stats.rooms_owned);
             if let Err(e) = self.env.store.release(&self.key, lease.epoch).await {
                 debug!(room = %self.key, error = %e, "lease release failed (it lapses on its own)");
             }

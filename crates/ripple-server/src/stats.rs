@@ -46,6 +46,16 @@ pub struct Stats {
     pub lease_losses: AtomicU64,
     /// Rooms not served here because another node owns them (joins refused with 1013).
     pub owned_elsewhere: AtomicU64,
+    /// Rooms this node owns now (holds the lease of).
+    pub rooms_owned: AtomicU64,
+    /// Cluster links this node opened to other nodes, and accepted from them.
+    pub links_opened: AtomicU64,
+    pub links_accepted: AtomicU64,
+    /// Links to a room's owner that broke while carrying clients.
+    pub link_failures: AtomicU64,
+    /// Clients forwarded to another node's room, and the messages forwarded for them.
+    pub forwarded_joins: AtomicU64,
+    pub forwarded_frames: AtomicU64,
     /// Connections closed for going over a quota, per `quota::Limit` (in `Limit::ALL` order).
     pub rate_limit_closes: [AtomicU64; 4],
     /// Upgrades refused with 429 because the client address failed auth too often.
@@ -99,7 +109,8 @@ pub(crate) fn reserve_connection(stats: &Arc<Stats>, max: u64) -> Option<ConnSlo
 }
 
 impl Stats {
-    /// Records a failed append (any room).
+    /// Records a failed write to storage: an append (any room), or a lease taken or renewed
+    /// (a node that cannot lease rooms cannot own them).
     pub(crate) fn append_failed(&self) {
         self.last_store_failure_ms.store(now_ms() + 1, Relaxed);
     }
@@ -120,7 +131,7 @@ impl Stats {
     /// `storage_unready_secs` (for the `ripple_storage_failing` gauge).
     pub fn render(&self, storage_window: Duration) -> String {
         let storage_failing = AtomicU64::new(self.storage_failing(storage_window).into());
-        let rows: [(&str, &str, &AtomicU64); 23] = [
+        let rows: [(&str, &str, &AtomicU64); 29] = [
             ("ripple_rooms_loaded_total", "counter", &self.rooms_loaded),
             ("ripple_rooms_active", "gauge", &self.rooms_active),
             (
@@ -176,6 +187,24 @@ impl Stats {
                 "ripple_rooms_owned_elsewhere_total",
                 "counter",
                 &self.owned_elsewhere,
+            ),
+            ("ripple_rooms_owned", "gauge", &self.rooms_owned),
+            ("ripple_links_opened_total", "counter", &self.links_opened),
+            (
+                "ripple_links_accepted_total",
+                "counter",
+                &self.links_accepted,
+            ),
+            ("ripple_link_failures_total", "counter", &self.link_failures),
+            (
+                "ripple_forwarded_joins_total",
+                "counter",
+                &self.forwarded_joins,
+            ),
+            (
+                "ripple_forwarded_frames_total",
+                "counter",
+                &self.forwarded_frames,
             ),
             ("ripple_storage_failing", "gauge", &storage_failing),
             (

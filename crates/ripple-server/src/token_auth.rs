@@ -51,6 +51,7 @@ impl TokenAuth {
     pub fn with_authenticator(authenticator: Authenticator, config: &AuthConfig) -> Self {
         let expiry_grace = match config {
             AuthConfig::Jwt(jwt) => jwt.leeway,
+            AuthConfig::JwtWebhook(c) => c.jwt.leeway,
             AuthConfig::None | AuthConfig::Webhook(_) => Duration::ZERO,
         };
         Self {

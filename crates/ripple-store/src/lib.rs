@@ -26,7 +26,8 @@
 
 pub mod dirlock;
 pub mod fsck;
-pub mod postgres;
+mod pg_tls;
+mod postgres;
 pub mod record;
 pub mod sqlite;
 
@@ -121,7 +122,7 @@ impl Backend {
         data_dir: &Path,
         durability: Durability,
     ) -> Result<Self, StoreError> {
-        Self::open_with(spec, data_dir, durability, OpenMode::CreateIfMissing).await
+        Self::open_with(spec, data_dir, durability, OpenMode::CreateIfMissing, 0).await
     }
 
     /// Opens the backend named by `spec` as [`Backend::open`] does, but only storage that
@@ -133,22 +134,30 @@ impl Backend {
         data_dir: &Path,
         durability: Durability,
     ) -> Result<Self, StoreError> {
-        Self::open_with(spec, data_dir, durability, OpenMode::ExistingOnly).await
+        Self::open_with(spec, data_dir, durability, OpenMode::ExistingOnly, 0).await
     }
 
+    /// `pool_size`: Postgres connections (0: the default, [`PostgresOptions::default`]).
     async fn open_with(
         spec: &str,
         data_dir: &Path,
         durability: Durability,
         mode: OpenMode,
+        pool_size: usize,
     ) -> Result<Self, StoreError> {
         let create = mode == OpenMode::CreateIfMissing;
         let spec = spec.trim();
         if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            let defaults = PostgresOptions::default();
             let options = PostgresOptions {
                 durability,
                 create,
-                ..PostgresOptions::default()
+                pool_size: if pool_size == 0 {
+                    defaults.pool_size
+                } else {
+                    pool_size
+                },
+                ..defaults
             };
             let store = PostgresStore::connect_with_options(spec, &options).await?;
             return Ok(Backend::Postgres(Arc::new(store)));
@@ -233,13 +242,20 @@ pub fn is_embedded(spec: &str) -> bool {
     matches!(spec.trim(), "" | "sqlite")
 }
 
-/// Opens the store named by `spec` (see [`Backend::open`]) as the seam the server uses.
+/// Opens the store named by `spec` (see [`Backend::open`]) as the seam the server uses, with
+/// at most `pool_size` Postgres connections (0: the default).
 pub async fn open_store(
     spec: &str,
     data_dir: &Path,
     durability: Durability,
+    pool_size: usize,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Backend::open(spec, data_dir, durability).await?.store())
+    let mode = OpenMode::CreateIfMissing;
+    Ok(
+        Backend::open_with(spec, data_dir, durability, mode, pool_size)
+            .await?
+            .store(),
+    )
 }
 
 /// Where the crash-simulation test hooks stop a compaction: after which step the "process dies"

@@ -13,7 +13,8 @@
 //! so does every append and compaction, which then checks its epoch against `leases` in the same
 //! transaction: a stale owner's write is refused as [`LeaseError::Fenced`] and never commits.
 //!
-//! Connections are plain TCP (`NoTls`); the schema name is validated and is the only thing ever
+//! Connections are plain TCP, or TLS as the URL's `sslmode` asks (`pg_tls.rs`: require,
+//! verify-ca, verify-full, with `sslrootcert`); the schema name is validated and is the only thing ever
 //! spliced into SQL. Room keys are bound parameters.
 
 use std::collections::HashMap;
@@ -119,6 +120,9 @@ struct Sql {
     move_snapshot: String,
     list: String,
     info: String,
+    advertise: String,
+    node_url: String,
+    release_node: String,
     rooms: String,
     acquire: String,
     lease_of: String,
@@ -235,6 +239,16 @@ impl Sql {
                 "UPDATE {s}.leases SET expires_at = clock_timestamp() + $4::float8 * interval '1 millisecond'
                  WHERE party = $1 AND room = $2 AND epoch = $3"
             ),
+            advertise: format!(
+                "INSERT INTO {s}.nodes (node, url, updated_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (node) DO UPDATE SET url = EXCLUDED.url,
+                     updated_ms = EXCLUDED.updated_ms"
+            ),
+            node_url: format!("SELECT url FROM {s}.nodes WHERE node = $1"),
+            release_node: format!(
+                "UPDATE {s}.leases SET expires_at = clock_timestamp()
+                 WHERE owner = $1 AND expires_at > clock_timestamp()"
+            ),
             // The row stays: epochs never go back.
             release: format!(
                 "UPDATE {s}.leases SET expires_at = clock_timestamp()
@@ -294,6 +308,16 @@ fn migrations(schema: &str) -> Vec<(i32, String)> {
                 epoch BIGINT NOT NULL,
                 expires_at TIMESTAMPTZ NOT NULL,
                 PRIMARY KEY (party, room)
+            );"
+            ),
+        ),
+        (
+            3,
+            format!(
+                "CREATE TABLE {s}.nodes (
+                node TEXT COLLATE \"C\" PRIMARY KEY,
+                url TEXT NOT NULL,
+                updated_ms BIGINT NOT NULL
             );"
             ),
         ),
@@ -376,6 +400,8 @@ impl PostgresStore {
         options: &PostgresOptions,
     ) -> Result<Self, StoreError> {
         validate_schema(&options.schema)?;
+        let (url, verify, root) = crate::pg_tls::split_url(url)?;
+        let tls = crate::pg_tls::connector(&verify, root.as_deref())?;
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!("invalid postgres url: {}", describe(&e)))
         })?;
@@ -395,13 +421,13 @@ impl PostgresStore {
         };
         config.options(session_options);
 
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls {
+            Some(tls) => Manager::from_config(config.clone(), tls, manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(2))
             .runtime(Runtime::Tokio1)
@@ -688,6 +714,38 @@ impl PostgresStore {
         ))
     }
 
+    async fn try_advertise(&self, node: &str, url: &str) -> Result<(), Failure> {
+        let client = self.pool.get().await.map_err(pool_failure)?;
+        client
+            .execute(
+                self.sql.advertise.as_str(),
+                &[&node, &url, &record::now_ms()],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn try_release_node(&self, node: &str) -> Result<u64, Failure> {
+        let client = self.pool.get().await.map_err(pool_failure)?;
+        client
+            .execute(self.sql.release_node.as_str(), &[&node])
+            .await
+            .map_err(classify)
+    }
+
+    async fn try_node_url(&self, node: &str) -> Result<Option<String>, Failure> {
+        let client = self.pool.get().await.map_err(pool_failure)?;
+        let row = client
+            .query_opt(self.sql.node_url.as_str(), &[&node])
+            .await
+            .map_err(classify)?;
+        match row {
+            Some(row) => Ok(Some(column(&row, 0)?)),
+            None => Ok(None),
+        }
+    }
+
     async fn try_list(&self) -> Result<Vec<RoomInfo>, Failure> {
         let client = self.pool.get().await.map_err(pool_failure)?;
         let rows = client
@@ -712,6 +770,20 @@ impl PostgresStore {
             }
         }
         Ok(infos)
+    }
+
+    /// Test hook: whether a pooled connection is encrypted (TLS).
+    #[cfg(test)]
+    pub(crate) async fn pooled_ssl(&self) -> Result<bool, StoreError> {
+        let client = self.pool.get().await.map_err(pool_err)?;
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(row.get(0))
     }
 
     /// Test hook: runs a compaction on a connection of its own up to `stop_after`, then
@@ -815,6 +887,22 @@ impl Store for PostgresStore {
         epoch: Epoch,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(retrying(move || self.try_extend(room, epoch, None)))
+    }
+
+    fn advertise<'a>(
+        &'a self,
+        node: &'a str,
+        url: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(retrying(move || self.try_advertise(node, url)))
+    }
+
+    fn node_url<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(retrying(move || self.try_node_url(node)))
+    }
+
+    fn release_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(retrying(move || self.try_release_node(node)))
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {

@@ -799,22 +799,27 @@ async fn postgres_down_is_unavailable_quickly() {
 #[tokio::test]
 async fn open_store_specs() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let memory = crate::open_store("memory", dir.path(), Durability::Strict)
+    let memory = crate::open_store("memory", dir.path(), Durability::Strict, 0)
         .await
         .expect("memory");
     case_roundtrip(memory.as_ref()).await;
 
     let data_dir = dir.path().join("nested").join("data");
-    let sqlite = crate::open_store("", &data_dir, Durability::Strict)
+    let sqlite = crate::open_store("", &data_dir, Durability::Strict, 0)
         .await
         .expect("sqlite");
     case_roundtrip(sqlite.as_ref()).await;
     assert!(data_dir.join("ripple.db").exists());
 
-    let err = crate::open_store("mysql://user:hunter2@db/x", dir.path(), Durability::Strict)
-        .await
-        .err()
-        .expect("unknown spec is refused");
+    let err = crate::open_store(
+        "mysql://user:hunter2@db/x",
+        dir.path(),
+        Durability::Strict,
+        0,
+    )
+    .await
+    .err()
+    .expect("unknown spec is refused");
     let msg = err.to_string();
     assert!(msg.contains("mysql") && !msg.contains("hunter2"), "{msg}");
 
@@ -1128,4 +1133,84 @@ async fn postgres_leases_fence_a_stale_owner() {
     a.compact(&room, ga2.epoch, snapshot_of(&updates[..2]), 2)
         .await
         .expect("the current owner compacts");
+}
+
+/// TLS as the URL's sslmode asks: `require` encrypts (the server's certificate unverified, as
+/// libpq does), `verify-full` checks the chain and the name, and a certificate that does not
+/// verify is refused with the reason. Against the test server's own certificate (Debian's
+/// PostgreSQL has TLS on with a self-signed "snakeoil" certificate for `localhost`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres (RIPPLE_TEST_DATABASE_URL)"]
+async fn postgres_connects_with_tls_as_the_url_asks() {
+    let base = crate::testing::database_url();
+    let (client, conn) = tokio_postgres::connect(&base, NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let ssl: String = client
+        .query_one("SHOW ssl", &[])
+        .await
+        .expect("show ssl")
+        .get(0);
+    assert_eq!(
+        ssl, "on",
+        "the test Postgres must have TLS enabled for this test"
+    );
+    let cert: String = client
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .expect("show ssl_cert_file")
+        .get(0);
+    let schema = format!("tls_{}", std::process::id());
+    let with = |query: &str| {
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}{query}")
+    };
+
+    // require: encrypted.
+    let store = PostgresStore::connect_with_schema(&with("sslmode=require"), &schema)
+        .await
+        .expect("sslmode=require connects");
+    assert!(
+        store.pooled_ssl().await.expect("ssl"),
+        "sslmode=require must encrypt"
+    );
+
+    // verify-full against the certificate the server uses, under the name it carries.
+    let cn_url =
+        with(&format!("sslmode=verify-full&sslrootcert={cert}")).replace("127.0.0.1", "localhost");
+    if cn_url.contains("localhost") {
+        let store = PostgresStore::connect_with_schema(&cn_url, &schema)
+            .await
+            .expect("verify-full with the server's certificate as root, by its name");
+        assert!(store.pooled_ssl().await.expect("ssl"));
+    }
+    // verify-full under another name: refused, saying why.
+    let wrong_name =
+        with(&format!("sslmode=verify-full&sslrootcert={cert}")).replace("localhost", "127.0.0.1");
+    let Err(err) = PostgresStore::connect_with_schema(&wrong_name, &schema).await else {
+        panic!("a certificate for another name is refused");
+    };
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "the error names the certificate: {err}"
+    );
+    // verify-full against the public roots: a self-signed certificate is refused.
+    let Err(err) = PostgresStore::connect_with_schema(&with("sslmode=verify-full"), &schema).await
+    else {
+        panic!("a self-signed certificate does not verify against the public roots");
+    };
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // An unknown mode is a clear error.
+    let Err(err) = PostgresStore::connect_with_schema(&with("sslmode=sometimes"), &schema).await
+    else {
+        panic!("unknown sslmode");
+    };
+    assert!(err.to_string().contains("sslmode=sometimes"), "{err}");
+    let _ = client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .await;
 }

@@ -47,6 +47,10 @@ fn apply(config: &mut Config, var: impl Fn(&str) -> Option<String>) -> anyhow::R
                 "{JWT_SECRET_ENV} is set but ripple.toml has [auth] mode = \"webhook\"; \
                  unset one of them"
             ),
+            AuthConfig::JwtWebhook(_) => bail!(
+                "{JWT_SECRET_ENV} is set but ripple.toml has [auth] mode = \"jwt+webhook\"; \
+                 unset one of them"
+            ),
         }
     }
     if let Some(token) = var(ADMIN_TOKEN_ENV).filter(|s| !s.is_empty()) {
@@ -71,6 +75,12 @@ pub fn authorizer(config: &Config, dev: bool) -> anyhow::Result<SharedAuthorize>
             url = %w.url,
             close_on_expiry = config.auth.close_on_expiry,
             "auth: webhook"
+        ),
+        AuthConfig::JwtWebhook(c) => info!(
+            membership_url = %c.webhook.url,
+            forward_token = c.webhook.forward_token,
+            close_on_expiry = config.auth.close_on_expiry,
+            "auth: jwt+webhook (token verified here, membership asked of the webhook)"
         ),
     }
     if config.admin.token.is_none() && !dev {

@@ -3,6 +3,8 @@
 
 mod admin;
 mod auth;
+mod partykit;
+mod partykit_json;
 mod settings;
 mod token;
 
@@ -46,6 +48,8 @@ enum Command {
     Import(admin::ImportArgs),
     /// Fold the update log of one room (or all) into its snapshot.
     Compact(admin::MaintainArgs),
+    /// Import PartyKit rooms: a dev server's state folder (.partykit/state), or --from-url.
+    ImportPartykit(partykit::ImportPartykitArgs),
     /// Check stored records (checksums, decoding); --salvage quarantines bad ones.
     Fsck(admin::MaintainArgs),
 }
@@ -79,6 +83,12 @@ fn main() -> anyhow::Result<()> {
         Command::Export(args) => runtime(0)?.block_on(admin::export(args)),
         Command::Import(args) => runtime(0)?.block_on(admin::import(args)),
         Command::Compact(args) => runtime(0)?.block_on(admin::compact(args)),
+        Command::ImportPartykit(args) => {
+            if !runtime(0)?.block_on(partykit::run(args))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Fsck(args) => {
             if !runtime(0)?.block_on(admin::fsck(args))? {
                 std::process::exit(1);
@@ -114,7 +124,8 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     if !config.persists_anything() {
         return Ok(Arc::new(MemoryStore::new()));
     }
-    ripple_store::open_store(&config.storage, &config.data_dir, config.durability)
+    let pool = config.postgres_pool_size;
+    ripple_store::open_store(&config.storage, &config.data_dir, config.durability, pool)
         .await
         .with_context(|| format!("opening storage {:?}", storage_label(&config.storage)))
 }
@@ -164,6 +175,7 @@ async fn serve(mut config: Config, dev: bool) -> anyhow::Result<()> {
         info!(
             "connect WebsocketProvider('ws://{local}', ROOM) or YPartyKitProvider('{local}', ROOM); Ctrl-C stops"
         );
+        info!("in a browser: http://{local}/ (the inspector), http://{local}/demo/welcome (a shared editor)");
     }
     let mut server = Server::new(config, store);
     server.auth = authorizer;

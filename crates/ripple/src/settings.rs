@@ -55,6 +55,17 @@ pub struct ServerArgs {
     /// Seconds a room's lease lasts without renewal: how soon a dead node's rooms move [default: 10].
     #[arg(long, env = "RIPPLE_LEASE_TTL_SECS")]
     pub lease_ttl_secs: Option<f64>,
+    /// How the other nodes of a cluster reach this one, e.g. ws://10.0.0.5:1999 [default: ws://
+    /// plus the bound address when it is specific].
+    #[arg(long, env = "RIPPLE_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// The secret shared by a cluster's nodes; it authenticates node-to-node links (enables
+    /// forwarding clients to a room's owner).
+    #[arg(long, env = "RIPPLE_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Connections to Postgres per node [default: 8].
+    #[arg(long, env = "RIPPLE_POSTGRES_POOL_SIZE")]
+    pub postgres_pool_size: Option<usize>,
 }
 
 /// `ripple serve`.
@@ -131,9 +142,16 @@ pub fn load_serve(args: &ServeArgs) -> anyhow::Result<Config> {
 /// The effective configuration of `dev`: local unless `--host` says otherwise.
 pub fn load_dev(args: &DevArgs) -> anyhow::Result<Config> {
     let mut config = load_server(&args.server)?;
+    if args.server.storage.config.is_none() && !Path::new("ripple.toml").exists() {
+        crate::partykit_json::apply_to_dev(&mut config, args.server.port.is_some());
+    }
     config.host = args.host.clone().unwrap_or_else(|| "127.0.0.1".into());
     // A developer mistyping a token should not lock themselves out of their own laptop.
     config.auth_throttle_attempts = 0;
+    // The inspector is open on the developer's own machine (unless turned off).
+    if config.inspector == ripple_server::InspectorAccess::Admin {
+        config.inspector = ripple_server::InspectorAccess::Open;
+    }
     Ok(config)
 }
 
@@ -162,6 +180,15 @@ fn load_server(args: &ServerArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.lease_ttl_secs {
         config.lease_ttl_secs = v;
+    }
+    if let Some(v) = &args.advertise_url {
+        config.advertise_url = v.clone();
+    }
+    if let Some(v) = &args.cluster_secret {
+        config.cluster_secret = v.clone();
+    }
+    if let Some(v) = args.postgres_pool_size {
+        config.postgres_pool_size = v;
     }
     Ok(config)
 }
