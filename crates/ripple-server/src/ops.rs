@@ -84,7 +84,6 @@ impl RoomOps {
     }
 
     /// The room's members, awareness, size and recent updates.
-    #[allow(dead_code)] // for the inspector, which is not built yet
     pub(crate) async fn inspect(&self, key: &RoomKey) -> Result<RoomView, OpError> {
         let answer = self
             .registry
@@ -114,7 +113,6 @@ impl RoomOps {
     }
 
     /// Folds the room's log into its snapshot now.
-    #[allow(dead_code)] // for the inspector, which is not built yet
     pub(crate) async fn compact(&self, key: &RoomKey) -> Result<(), OpError> {
         let answer = self
             .registry
