@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: formatting, lints, every Rust test (unit, integration, storage against
-# Postgres when configured), the README's run command, the interop suite with real JS clients
-# from npm, the committed page bundles (rebuilt and compared) and the pages in Chromium.
+# Postgres when configured), the README's run command, schemathesis against the HTTP API's
+# OpenAPI document, the interop suite with real JS clients from npm, the committed page bundles
+# (rebuilt and compared) and the pages in Chromium.
 #
 #   bash scripts/test.sh
 #
@@ -40,8 +41,18 @@ echo "== README run command"
 cargo build --release --locked -p ripple
 bash scripts/readme-run-check.sh
 
-echo "== interop (real JS clients)"
+echo "== schemathesis (the HTTP API against its /openapi.json)"
 cargo build --locked -p ripple
+if command -v "${SCHEMATHESIS:-schemathesis}" >/dev/null 2>&1; then
+  RIPPLE_BIN="$PWD/target/debug/ripple" bash scripts/schemathesis.sh
+elif [ "${RIPPLE_REQUIRE_SERVICES:-}" = 1 ]; then
+  echo "RIPPLE_REQUIRE_SERVICES=1 but schemathesis is not installed (pip install schemathesis)" >&2
+  exit 1
+else
+  echo "(schemathesis not installed: skipped; pip install schemathesis)"
+fi
+
+echo "== interop (real JS clients)"
 export RIPPLE_BIN="$PWD/target/debug/ripple"
 # 12-oversize-release runs the release binary: the 1009-vs-reset race shows only when fast.
 export RIPPLE_RELEASE_BIN="$PWD/target/release/ripple"

@@ -5,6 +5,7 @@
 //! Nothing here knows about tokio, sockets or databases; the server drives it.
 
 pub mod awareness;
+pub mod json;
 pub mod lease;
 pub mod room;
 pub mod room_id;

@@ -213,6 +213,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Lists stored rooms.
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>>;
+
+    /// One stored room's summary, `None` when nothing is stored for it (the HTTP API answers
+    /// 404 from this without loading the room). The default scans [`Store::list`]; backends
+    /// answer from an index.
+    fn info<'a>(
+        &'a self,
+        room: &'a RoomKey,
+    ) -> BoxFuture<'a, Result<Option<RoomInfo>, StoreError>> {
+        Box::pin(async move { Ok(self.list().await?.into_iter().find(|i| &i.key == room)) })
+    }
 }
 
 /// An in-memory store: nothing survives the process. Used by tests and by `persist = "none"`.

@@ -24,6 +24,12 @@ pub mod code {
     /// y-partykit treat it like any close and reconnect; a client whose `params` (or
     /// subprotocol) yield a fresh token is admitted again, a stale one gets HTTP 401.
     pub const TOKEN_EXPIRED: u16 = 4001;
+    /// Closed through the HTTP API (`POST /api/v1/rooms/{party}/{room}/close`, all or one
+    /// user's connections): clients reconnect and face auth again.
+    pub const CLOSED_BY_API: u16 = 4002;
+    /// The room was deleted (`DELETE /api/v1/rooms/{party}/{room}`); a client that reconnects
+    /// starts it again, empty (and may bring its own copy back).
+    pub const ROOM_DELETED: u16 = 4004;
 }
 
 /// The reason sent with [`code::TRY_AGAIN_LATER`] to a connection whose outbound queue is full.

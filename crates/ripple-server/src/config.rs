@@ -170,6 +170,9 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Hocuspocus clients (`[hocuspocus]`): `ws://host:port/` and `/hocuspocus`.
     pub hocuspocus: HocuspocusConfig,
+    /// Webhooks to the app's backend (`[hooks]`). Never serialized: it holds a secret.
+    #[serde(skip_serializing)]
+    pub hooks: crate::hooks::HooksConfig,
 }
 
 /// Settings for Hocuspocus sockets (`@hocuspocus/provider`; one socket, many documents).
@@ -200,11 +203,17 @@ impl Default for HocuspocusConfig {
 }
 
 /// Per-party settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PartyConfig {
-    /// Persistence mode for this party.
-    pub persist: PersistMode,
+    /// Persistence mode for this party (left out: the global `persist`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persist: Option<PersistMode>,
+    /// Kinds of this party's root types (`{ content = "text", meta = "map" }`), for the HTTP
+    /// API's JSON reads and edits; undeclared roots are guessed (`ripple_core::json`).
+    pub types: ripple_core::json::Kinds,
+    /// This party's change webhook settings (`[parties.NAME.hooks]`).
+    pub hooks: crate::hooks::PartyHooks,
 }
 
 impl Default for Config {
@@ -263,6 +272,7 @@ impl Default for Config {
             auth: AuthSettings::default(),
             admin: AdminConfig::default(),
             hocuspocus: HocuspocusConfig::default(),
+            hooks: Default::default(),
         }
     }
 }
@@ -274,7 +284,10 @@ fn secs(s: f64) -> Duration {
 impl Config {
     /// The persistence mode of `party`.
     pub fn persist_for(&self, party: &str) -> PersistMode {
-        self.parties.get(party).map_or(self.persist, |p| p.persist)
+        self.parties
+            .get(party)
+            .and_then(|p| p.persist)
+            .unwrap_or(self.persist)
     }
 
     /// Room lease timing (see `lease_ttl_secs`).
@@ -311,7 +324,15 @@ impl Config {
             || self
                 .parties
                 .values()
-                .any(|p| p.persist != PersistMode::None)
+                .any(|p| p.persist.is_some_and(|m| m != PersistMode::None))
+    }
+
+    /// The declared root types of `party` (`[parties.NAME] types`).
+    pub fn types_for(&self, party: &str) -> ripple_core::json::Kinds {
+        self.parties
+            .get(party)
+            .map(|p| p.types.clone())
+            .unwrap_or_default()
     }
 
     /// How long an empty room stays loaded.
@@ -352,11 +373,18 @@ mod tests {
     #[test]
     fn toml_overrides_defaults_and_rejects_unknown_keys() {
         let cfg: Config = toml_like(
-            r#"{"port": 8080, "persist": "history", "parties": {"scratch": {"persist": "none"}}}"#,
+            r#"{"port": 8080, "persist": "history", "parties": {"scratch": {"persist": "none"},
+                "docs": {"types": {"content": "text", "meta": "map"}}}}"#,
         );
         assert_eq!(cfg.port, 8080);
         assert_eq!(cfg.persist_for("main"), PersistMode::History);
         assert_eq!(cfg.persist_for("scratch"), PersistMode::None);
+        assert_eq!(cfg.persist_for("docs"), PersistMode::History, "inherited");
+        assert_eq!(
+            cfg.types_for("docs").get("meta"),
+            Some(&ripple_core::json::Kind::Map)
+        );
+        assert!(cfg.types_for("main").is_empty());
         assert_eq!(cfg.max_message_bytes, Config::default().max_message_bytes);
         assert!(serde_json::from_str::<Config>(r#"{"prot": 1}"#).is_err());
     }

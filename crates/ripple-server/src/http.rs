@@ -3,6 +3,9 @@
 //! y-partykit), and `/` and `/hocuspocus` (Hocuspocus: auth inside the socket, `hocuspocus.rs`).
 //! Room ids are the raw path segments, as PartyKit treats them; authorization runs here, before the upgrade.
 //! `/metrics` needs the admin token when one is configured; `/healthz` and `/readyz` are open.
+//! The HTTP API's routes (`/api/v1/...`, `/openapi.json`) come from `api.rs`; none of them is a
+//! WebSocket room path (a WebSocket upgrade to `/openapi.json` still reaches room
+//! `openapi.json`).
 //! Plain GETs of `/`, `/demo/ROOM` and `/assets/...` are pages (`pages.rs`).
 
 use std::net::SocketAddr;
@@ -25,12 +28,13 @@ use crate::{connection, hocuspocus};
 
 /// The router of a server.
 pub(crate) fn router(ctx: Arc<ServerCtx>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .merge(crate::pages::routes())
-        .route(crate::cluster::LINK_PATH, get(link))
+        .route(crate::cluster::LINK_PATH, get(link));
+    crate::api::add_routes(router)
         .fallback(websocket)
         .with_state(ctx)
 }

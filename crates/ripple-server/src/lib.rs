@@ -2,6 +2,7 @@
 //! ([`connection`]), one actor per loaded room ([`room`]) and a registry actor that starts and
 //! retires them ([`registry`]). The entry point is [`run`].
 
+mod api;
 pub mod auth;
 mod auth_config;
 pub mod closer;
@@ -9,11 +10,10 @@ mod cluster;
 pub mod config;
 mod connection;
 mod hocuspocus;
+pub mod hooks;
 mod http;
 mod listener;
 mod member;
-// The HTTP API and the inspector are its callers; until they land, parts are unused.
-#[allow(dead_code)]
 mod ops;
 mod origin;
 mod pages;
@@ -48,12 +48,10 @@ pub(crate) struct ServerCtx {
     pub(crate) stats: Arc<Stats>,
     pub(crate) registry: registry::Registry,
     /// Room operations without a socket (HTTP API, inspector): through the room actors.
-    #[allow(dead_code)]
     pub(crate) ops: ops::RoomOps,
     /// This node's cluster links, if it is part of a cluster.
     pub(crate) cluster: Option<Arc<cluster::Cluster>>,
     /// Storage, for listings of stored rooms (every write goes through a room actor).
-    #[allow(dead_code)]
     pub(crate) store: Arc<dyn Store>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
@@ -97,8 +95,12 @@ impl Server {
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let config = Arc::new(self.config);
+        let hooks = Arc::new(
+            hooks::Hooks::new(&config, self.stats.clone()).map_err(std::io::Error::other)?,
+        );
         let node_id: Arc<str> = config.resolved_node_id().into();
         let env = Arc::new(room::RoomEnv {
+            hooks: hooks.clone(),
             config: config.clone(),
             node_id: node_id.clone(),
             store: self.store.clone(),
@@ -151,6 +153,9 @@ impl Server {
             shutdown: token.clone(),
             tracker: tracker.clone(),
         });
+        if hooks.has_change_hook() {
+            tracker.spawn(hooks::run_changes(hooks, ctx.ops.clone(), token.clone()));
+        }
         let app = http::router(ctx);
         let accept = listener::serve(
             listener,

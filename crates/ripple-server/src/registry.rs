@@ -25,7 +25,6 @@ pub(crate) struct RoomHandle {
 }
 
 /// A loaded room, for listings.
-#[allow(dead_code)] // read by the HTTP API and the inspector
 #[derive(Debug, Clone)]
 pub(crate) struct LoadedRoom {
     pub(crate) key: RoomKey,

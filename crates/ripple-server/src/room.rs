@@ -47,14 +47,18 @@ pub(crate) enum JoinError {
     OwnedElsewhere(String),
     #[error("server is shutting down")]
     ShuttingDown,
+    /// The load hook failed for a room with nothing stored: nothing was stored; try again.
+    #[error("{0}; reconnect")]
+    SeedFailed(String),
 }
 
 impl JoinError {
     pub(crate) fn close_code(&self) -> u16 {
         match self {
-            JoinError::RoomFull(_) | JoinError::TooManyRooms(_) | JoinError::OwnedElsewhere(_) => {
-                code::TRY_AGAIN_LATER
-            }
+            JoinError::RoomFull(_)
+            | JoinError::TooManyRooms(_)
+            | JoinError::OwnedElsewhere(_)
+            | JoinError::SeedFailed(_) => code::TRY_AGAIN_LATER,
             JoinError::LoadFailed(_) => code::INTERNAL_ERROR,
             JoinError::ShuttingDown => code::GOING_AWAY,
         }
@@ -262,6 +266,8 @@ pub(crate) struct RoomEnv {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutdown: CancellationToken,
+    /// The app's webhooks (the load hook seeds rooms with nothing stored).
+    pub(crate) hooks: Arc<crate::hooks::Hooks>,
     /// This node's links to other nodes, when it is part of a cluster (a shared store and a
     /// cluster secret): rooms owned elsewhere are then forwarded, not refused.
     pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
@@ -398,7 +404,7 @@ pub(crate) async fn run(
             // keep retrying must not keep a refusal alive after the cause went away (for a
             // room owned elsewhere, about a second).
             let linger = match err {
-                JoinError::OwnedElsewhere(_) => Duration::from_secs(1),
+                JoinError::OwnedElsewhere(_) | JoinError::SeedFailed(_) => Duration::from_secs(1),
                 _ => env.config.room_linger().max(Duration::from_secs(1)),
             };
             linger_refusing(&mut inbox, err, linger).await;
@@ -453,9 +459,7 @@ async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Load
     }
     if !env.store.shared() {
         // One process owns this storage: no lease to take or renew (epoch 0).
-        let (room, seq, log) = load_stored(key, env, max_aw, max_doc)
-            .await
-            .map_err(JoinError::LoadFailed)?;
+        let (room, seq, log) = load_stored(key, env, 0, max_aw, max_doc).await?;
         return Ok((room, seq, log, None));
     }
     let times = env.config.lease_times();
@@ -474,22 +478,37 @@ async fn load(key: &RoomKey, env: &RoomEnv, persist: PersistMode) -> Result<Load
             return Err(JoinError::LoadFailed(e.to_string()));
         }
     };
-    let loaded = load_stored(key, env, max_aw, max_doc).await;
+    let loaded = load_stored(key, env, lease.epoch, max_aw, max_doc).await;
     if loaded.is_err() {
         crate::stats::dec(&env.stats.rooms_owned);
         let _ = env.store.release(key, lease.epoch).await;
     }
-    let (room, seq, log) = loaded.map_err(JoinError::LoadFailed)?;
+    let (room, seq, log) = loaded?;
     Ok((room, seq, log, Some(lease)))
 }
 
 async fn load_stored(
     key: &RoomKey,
     env: &RoomEnv,
+    epoch: Epoch,
     max_aw: usize,
     max_doc: u64,
-) -> Result<(Room, u64, VecDeque<(u64, u64)>), String> {
-    let stored: StoredRoom = env.store.load(key).await.map_err(|e| e.to_string())?;
+) -> Result<(Room, u64, VecDeque<(u64, u64)>), JoinError> {
+    let failed = |e: String| JoinError::LoadFailed(e);
+    let mut stored: StoredRoom = env
+        .store
+        .load(key)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if stored.is_empty() {
+        // Nothing stored: the load hook (if any) seeds the room before anyone syncs.
+        let limit = usize::try_from(max_doc).unwrap_or(usize::MAX);
+        stored = env
+            .hooks
+            .seed(key, env.store.as_ref(), epoch, limit, stored)
+            .await
+            .map_err(JoinError::SeedFailed)?;
+    }
     let seq = stored.last_seq();
     let log = stored
         .updates
@@ -499,8 +518,8 @@ async fn load_stored(
     // Decoding a large document is CPU work; keep it off the async workers.
     let room = tokio::task::spawn_blocking(move || Room::load(&stored, max_aw))
         .await
-        .map_err(|e| format!("load task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(format!("load task failed: {e}")))?
+        .map_err(|e| failed(e.to_string()))?;
     Ok((room.with_max_doc_bytes(max_doc), seq, log))
 }
 
@@ -612,6 +631,7 @@ impl Actor {
                 // Every sender is gone: the server is shutting down.
                 self.finish().await;
                 self.release_lease().await;
+                self.hand_over_change();
                 return;
             };
             batch.push(first);
@@ -699,6 +719,8 @@ impl Actor {
                 }
             }
             self.env.stats.updates_applied.fetch_add(count, Relaxed);
+            // Durable: the change webhook (if any) hears of it, without waiting.
+            self.env.hooks.changed(&self.key, self.last_seq);
         }
         // Durable: the requests that waited for this turn's append get their answer.
         let seq = self.last_seq;
@@ -1017,6 +1039,8 @@ impl Actor {
     async fn delete(&mut self, close: Close) -> Result<(), RequestError> {
         self.close_all(close);
         self.deleted = true;
+        // What the change webhook has not sent yet is gone with the room.
+        self.env.hooks.forget(&self.key);
         if let Some(h) = self.compaction.take() {
             let _ = h.await;
         }
@@ -1388,6 +1412,7 @@ impl Actor {
         }
         // Compacted and about to close the inbox: another node may take the room at once.
         self.release_lease().await;
+        self.hand_over_change();
         // Joins that raced in between are refused without a reply; the connection asks the
         // registry again and gets a fresh actor that loads what we just stored.
         inbox.close();
@@ -1395,6 +1420,12 @@ impl Actor {
             drop(msg);
         }
         true
+    }
+
+    /// The room unloads: an unsent change goes to the change webhook now, with the final state.
+    fn hand_over_change(&mut self) {
+        let room = &mut self.room;
+        self.env.hooks.unloading(&self.key, || room.encode_state());
     }
 
     /// Final compaction, awaited.

@@ -62,6 +62,14 @@ pub struct Stats {
     pub auth_throttled: AtomicU64,
     /// Upgrades refused with 403 because their `Origin` is not in `allowed_origins`.
     pub origin_refused: AtomicU64,
+    /// Change webhook deliveries answered 2xx.
+    pub hook_change_delivered: AtomicU64,
+    /// Change webhook attempts that failed (non-2xx, timeout, unreachable) and were retried.
+    pub hook_change_retries: AtomicU64,
+    /// Change webhook deliveries given up after `change_max_attempts` or `change_max_age`.
+    pub hook_change_dropped: AtomicU64,
+    /// Load hook calls that failed (the room was not loaded; its joiners got 1013).
+    pub hook_load_failures: AtomicU64,
     /// When an append last failed, as `now_ms() + 1` (0: never). `/readyz` answers 503 while
     /// that is less than `storage_unready_secs` ago; see [`Stats::storage_failing`].
     pub last_store_failure_ms: AtomicU64,
@@ -123,7 +131,7 @@ impl Stats {
     /// `storage_unready_secs` (for the `ripple_storage_failing` gauge).
     pub fn render(&self, storage_window: Duration) -> String {
         let storage_failing = AtomicU64::new(self.storage_failing(storage_window).into());
-        let rows: [(&str, &str, &AtomicU64); 25] = [
+        let rows: [(&str, &str, &AtomicU64); 29] = [
             ("ripple_rooms_loaded_total", "counter", &self.rooms_loaded),
             ("ripple_rooms_active", "gauge", &self.rooms_active),
             (
@@ -208,6 +216,26 @@ impl Stats {
                 "ripple_origin_refused_total",
                 "counter",
                 &self.origin_refused,
+            ),
+            (
+                "ripple_hook_change_delivered_total",
+                "counter",
+                &self.hook_change_delivered,
+            ),
+            (
+                "ripple_hook_change_retries_total",
+                "counter",
+                &self.hook_change_retries,
+            ),
+            (
+                "ripple_hook_change_dropped_total",
+                "counter",
+                &self.hook_change_dropped,
+            ),
+            (
+                "ripple_hook_load_failures_total",
+                "counter",
+                &self.hook_load_failures,
             ),
         ];
         let mut out = String::new();

@@ -135,7 +135,8 @@ async fn none_mode_stores_nothing() {
     config.parties.insert(
         "scratch".into(),
         ripple_server::config::PartyConfig {
-            persist: PersistMode::None,
+            persist: Some(PersistMode::None),
+            ..Default::default()
         },
     );
     let server = start_with(config, store.clone(), None).await;

@@ -119,6 +119,7 @@ struct Sql {
     move_update: String,
     move_snapshot: String,
     list: String,
+    info: String,
     advertise: String,
     node_url: String,
     release_node: String,
@@ -202,6 +203,15 @@ impl Sql {
                      UNION ALL
                      SELECT party, room, octet_length(data), 1, created_ms FROM {s}.updates
                  ) AS x GROUP BY party, room ORDER BY party, room"
+            ),
+            info: format!(
+                "SELECT count(*)::int8, sum(bytes)::int8, sum(n)::int8, max(ms)::int8 FROM (
+                     SELECT octet_length(data) AS bytes, 0 AS n, updated_ms AS ms
+                     FROM {s}.snapshots WHERE party = $1 AND room = $2
+                     UNION ALL
+                     SELECT octet_length(data), 1, created_ms FROM {s}.updates
+                     WHERE party = $1 AND room = $2
+                 ) AS x"
             ),
             rooms: format!(
                 "SELECT party, room FROM {s}.snapshots UNION SELECT party, room FROM {s}.updates
@@ -682,6 +692,28 @@ impl PostgresStore {
         Err(Failure::Fatal(fenced(epoch, current)))
     }
 
+    async fn try_info(&self, key: &RoomKey) -> Result<Option<RoomInfo>, Failure> {
+        let client = self.pool.get().await.map_err(pool_failure)?;
+        let row = client
+            .query_one(self.sql.info.as_str(), &[&key.party(), &key.room()])
+            .await
+            .map_err(classify)?;
+        let rows: i64 = column(&row, 0)?;
+        if rows == 0 {
+            return Ok(None);
+        }
+        let bytes: Option<i64> = column(&row, 1)?;
+        let count: Option<i64> = column(&row, 2)?;
+        let last_ms: Option<i64> = column(&row, 3)?;
+        Ok(record::room_info(
+            key.party(),
+            key.room(),
+            bytes.unwrap_or(0),
+            count.unwrap_or(0),
+            last_ms.unwrap_or(0),
+        ))
+    }
+
     async fn try_advertise(&self, node: &str, url: &str) -> Result<(), Failure> {
         let client = self.pool.get().await.map_err(pool_failure)?;
         client
@@ -875,6 +907,13 @@ impl Store for PostgresStore {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
         Box::pin(retrying(move || self.try_list()))
+    }
+
+    fn info<'a>(
+        &'a self,
+        room: &'a RoomKey,
+    ) -> BoxFuture<'a, Result<Option<RoomInfo>, StoreError>> {
+        Box::pin(retrying(move || self.try_info(room)))
     }
 }
 

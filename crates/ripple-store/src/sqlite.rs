@@ -417,6 +417,14 @@ impl Store for SqliteStore {
     fn list(&self) -> BoxFuture<'_, Result<Vec<RoomInfo>, StoreError>> {
         Box::pin(self.read(list_blocking))
     }
+
+    fn info<'a>(
+        &'a self,
+        room: &'a RoomKey,
+    ) -> BoxFuture<'a, Result<Option<RoomInfo>, StoreError>> {
+        let key = room.clone();
+        Box::pin(self.read(move |conn| info_blocking(conn, &key)))
+    }
 }
 
 fn open_writer(
@@ -849,6 +857,38 @@ fn list_blocking(conn: &mut Connection) -> Result<Vec<RoomInfo>, StoreError> {
         }
     }
     Ok(infos)
+}
+
+fn info_blocking(conn: &mut Connection, key: &RoomKey) -> Result<Option<RoomInfo>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT count(*), sum(bytes), sum(n), max(ms) FROM (
+                SELECT length(data) AS bytes, 0 AS n, updated_ms AS ms FROM snapshots
+                    WHERE party = ?1 AND room = ?2
+                UNION ALL
+                SELECT length(data), 1, created_ms FROM updates WHERE party = ?1 AND room = ?2)",
+        )
+        .map_err(unavailable)?;
+    let (rows, bytes, count, last_ms) = stmt
+        .query_row([key.party(), key.room()], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, Option<i64>>(1)?,
+                row.get::<_, Option<i64>>(2)?,
+                row.get::<_, Option<i64>>(3)?,
+            ))
+        })
+        .map_err(unavailable)?;
+    if rows == 0 {
+        return Ok(None);
+    }
+    Ok(record::room_info(
+        key.party(),
+        key.room(),
+        bytes.unwrap_or(0),
+        count.unwrap_or(0),
+        last_ms.unwrap_or(0),
+    ))
 }
 
 fn check_blocking(conn: &mut Connection, room: Option<&RoomKey>) -> Result<Report, StoreError> {

@@ -405,6 +405,11 @@ async fn case_list(store: &dyn Store, durable: bool) {
         assert!(info_a.last_change_ms >= start_ms);
         assert!(info_b.last_change_ms >= start_ms);
     }
+    // One room's info is the listing's line; a room never written has none.
+    assert_eq!(store.info(&a).await.expect("info").as_ref(), Some(info_a));
+    assert_eq!(store.info(&b).await.expect("info").as_ref(), Some(info_b));
+    let never = RoomKey::new("main", "never-written", 64).expect("key");
+    assert_eq!(store.info(&never).await.expect("info"), None);
 }
 
 async fn case_reopen(h: &mut Harness) {

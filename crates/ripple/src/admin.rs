@@ -13,8 +13,6 @@ use clap::Args;
 use ripple_core::room::{fold, Room};
 use ripple_core::RoomKey;
 use ripple_store::{Backend, Durability};
-use yrs::types::ToJson;
-use yrs::{GetString, ReadTxn, Transact};
 
 use crate::settings::{self, StorageArgs};
 
@@ -221,58 +219,19 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The root types as JSON, by the rule `ripple_core::json` shares with the HTTP API.
 fn to_json(doc: &yrs::Doc, types: &[String]) -> anyhow::Result<serde_json::Value> {
-    let mut kinds = std::collections::HashMap::new();
+    let mut kinds = ripple_core::json::Kinds::new();
     for t in types {
         let (name, kind) = t
             .split_once('=')
             .with_context(|| format!("--type wants NAME=KIND, got {t:?}"))?;
-        kinds.insert(name.to_owned(), kind.to_owned());
+        let kind = ripple_core::json::Kind::parse(kind).with_context(|| {
+            format!("unknown kind {kind:?} for {name}: use text, map, array or xml")
+        })?;
+        kinds.insert(name.to_owned(), kind);
     }
-    let names: Vec<(String, bool)> = {
-        let txn = doc.transact();
-        txn.root_refs()
-            .map(|(name, value)| {
-                let has_sequence = match &value {
-                    yrs::Out::UndefinedRef(branch) => branch.len() > 0,
-                    _ => true,
-                };
-                (name.to_owned(), has_sequence)
-            })
-            .collect()
-    };
-    let mut out = serde_json::Map::new();
-    for (name, has_sequence) in names {
-        let guess = if has_sequence { "text" } else { "map" };
-        let kind = kinds.get(&name).map_or(guess, String::as_str);
-        let value = match kind {
-            "text" => {
-                let t = doc.get_or_insert_text(name.as_str());
-                serde_json::Value::String(t.get_string(&doc.transact()))
-            }
-            "xml" => {
-                let x = doc.get_or_insert_xml_fragment(name.as_str());
-                serde_json::Value::String(x.get_string(&doc.transact()))
-            }
-            "map" => any_to_json(
-                &doc.get_or_insert_map(name.as_str())
-                    .to_json(&doc.transact()),
-            )?,
-            "array" => any_to_json(
-                &doc.get_or_insert_array(name.as_str())
-                    .to_json(&doc.transact()),
-            )?,
-            other => bail!("unknown kind {other:?} for {name}: use text, map, array or xml"),
-        };
-        out.insert(name, value);
-    }
-    Ok(serde_json::Value::Object(out))
-}
-
-fn any_to_json(any: &yrs::Any) -> anyhow::Result<serde_json::Value> {
-    let mut text = String::new();
-    any.to_json(&mut text);
-    serde_json::from_str(&text).context("converting to JSON")
+    Ok(ripple_core::json::to_json(doc, &kinds).0)
 }
 
 /// Appends a Yjs update to a room.
