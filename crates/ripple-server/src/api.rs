@@ -93,6 +93,19 @@ pub(crate) fn routes() -> Vec<(&'static str, Method, MethodRouter<Ctx>)> {
 
 /// Adds the API's routes to `router`: the routes of [`routes`] (several methods of one path
 /// merged), a JSON 405 for other methods, and a JSON 404 for other paths under `/api/`.
+/// The API's routes, with forwarding to a room's owner when the node is part of a cluster.
+pub(crate) fn router(ctx: &Ctx) -> Router<Ctx> {
+    let api = add_routes(Router::new());
+    if ctx.cluster.is_some() {
+        api.route_layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            forward_to_owner,
+        ))
+    } else {
+        api
+    }
+}
+
 pub(crate) fn add_routes(mut router: Router<Ctx>) -> Router<Ctx> {
     let mut by_path: BTreeMap<&'static str, MethodRouter<Ctx>> = BTreeMap::new();
     for (path, _, handler) in routes() {
@@ -114,7 +127,14 @@ pub(crate) struct ApiError {
     status: StatusCode,
     detail: String,
     retry_after: Option<u64>,
+    /// The node that owns the room, when this node does not (the request is then forwarded
+    /// there, see [`forward_to_owner`]).
+    owner: Option<String>,
 }
+
+/// A response extension: the room is owned by this node.
+#[derive(Debug, Clone)]
+struct OwnedBy(String);
 
 impl ApiError {
     fn new(status: StatusCode, detail: impl Into<String>) -> Self {
@@ -122,6 +142,7 @@ impl ApiError {
             status,
             detail: detail.into(),
             retry_after: None,
+            owner: None,
         }
     }
 
@@ -154,6 +175,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": Self::code(self.status), "detail": self.detail});
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(owner) = self.owner {
+            response.extensions_mut().insert(OwnedBy(owner));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -175,11 +199,101 @@ impl From<OpError> for ApiError {
             OpError::Request(RequestError::BadInput(_)) => StatusCode::BAD_REQUEST,
             OpError::Request(RequestError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
             OpError::Request(RequestError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            OpError::Request(RequestError::OwnedElsewhere(_)) => StatusCode::CONFLICT,
             OpError::Room(JoinError::OwnedElsewhere(_)) => StatusCode::CONFLICT,
             OpError::Room(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        ApiError::new(status, e.to_string())
+        let mut err = ApiError::new(status, e.to_string());
+        if let OpError::Room(JoinError::OwnedElsewhere(owner))
+        | OpError::Request(RequestError::OwnedElsewhere(owner)) = &e
+        {
+            err.owner = Some(owner.clone());
+        }
+        err
     }
+}
+
+/// The header a forwarded request carries, so that it is never forwarded twice.
+const FORWARDED: &str = "x-ripple-forwarded-by";
+
+/// In a cluster, any node answers: a request for a room another node owns is sent on to the
+/// owner (its advertised URL, the same method, path, query, headers and body, so the owner
+/// authorizes it with the caller's own credentials) and the owner's answer is returned. Writes
+/// therefore go through the owner, durable there before it answers. A request that was already
+/// forwarded is not forwarded again (nodes that disagree about an owner answer 409 instead).
+/// Only installed when the node is part of a cluster.
+async fn forward_to_owner(
+    State(ctx): State<Ctx>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.headers().contains_key(FORWARDED) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let body = match read_body(&ctx, body).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    let again = Request::from_parts(parts.clone(), Body::from(body.clone()));
+    let response = next.run(again).await;
+    let Some(OwnedBy(owner)) = response.extensions().get::<OwnedBy>().cloned() else {
+        return response;
+    };
+    let url = match ctx.store.node_url(&owner).await {
+        Ok(Some(url)) => url,
+        _ => return response,
+    };
+    let base = url
+        .trim_end_matches('/')
+        .replacen("ws://", "http://", 1)
+        .replacen("wss://", "https://", 1);
+    let target = format!(
+        "{base}{}",
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let Ok(method) = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()) else {
+        return response;
+    };
+    let mut out = ctx.http.request(method, &target).body(body);
+    for (name, value) in &parts.headers {
+        if matches!(
+            name.as_str(),
+            "host" | "content-length" | "connection" | "transfer-encoding"
+        ) {
+            continue;
+        }
+        out = out.header(name.as_str(), value.as_bytes());
+    }
+    out = out.header(FORWARDED, ctx.node_id.as_ref());
+    let answer = match out.send().await {
+        Ok(answer) => answer,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the room is owned by node {owner}, which did not answer: {e}"),
+            )
+            .into_response()
+        }
+    };
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = answer.headers().get(reqwest::header::CONTENT_TYPE).cloned();
+    let bytes = match answer.bytes().await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("reading the answer of node {owner}: {e}"),
+            )
+            .into_response()
+        }
+    };
+    let mut forwarded = (status, bytes).into_response();
+    if let Some(ct) = content_type.and_then(|v| header::HeaderValue::from_bytes(v.as_bytes()).ok())
+    {
+        forwarded.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    forwarded
 }
 
 type ApiResult = Result<Response, ApiError>;

@@ -34,7 +34,8 @@ pub(crate) fn router(ctx: Arc<ServerCtx>) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::pages::routes())
         .route(crate::cluster::LINK_PATH, get(link));
-    crate::api::add_routes(router)
+    router
+        .merge(crate::api::router(&ctx))
         .fallback(websocket)
         .with_state(ctx)
 }

@@ -51,6 +51,10 @@ pub(crate) struct ServerCtx {
     pub(crate) ops: ops::RoomOps,
     /// This node's cluster links, if it is part of a cluster.
     pub(crate) cluster: Option<Arc<cluster::Cluster>>,
+    /// This node's id (leases, forwarded requests).
+    pub(crate) node_id: Arc<str>,
+    /// An HTTP client, for API requests forwarded to a room's owner.
+    pub(crate) http: reqwest::Client,
     /// Storage, for listings of stored rooms (every write goes through a room actor).
     pub(crate) store: Arc<dyn Store>,
     pub(crate) shutdown: CancellationToken,
@@ -143,6 +147,12 @@ impl Server {
         let ctx = Arc::new(ServerCtx {
             ops: ops::RoomOps::new(registry.clone()),
             cluster,
+            node_id: node_id.clone(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .map_err(std::io::Error::other)?,
             store,
             throttle: throttle::AuthThrottle::new(&config),
             origins,

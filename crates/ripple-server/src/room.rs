@@ -126,7 +126,10 @@ pub(crate) enum Request {
 impl Request {
     /// Answers the request with `err` (the room could not load or is going away).
     pub(crate) fn refuse(self, err: &JoinError) {
-        let e = RequestError::Unavailable(err.to_string());
+        let e = match err {
+            JoinError::OwnedElsewhere(owner) => RequestError::OwnedElsewhere(owner.clone()),
+            _ => RequestError::Unavailable(err.to_string()),
+        };
         match self {
             Request::Apply { reply, .. } | Request::Edit { reply, .. } => {
                 let _ = reply.send(Err(e));
@@ -188,6 +191,9 @@ pub(crate) enum RequestError {
     /// Storage failed, or the room is unloading or moved (503).
     #[error("{0}")]
     Unavailable(String),
+    /// Another node owns the room (named here): the HTTP API forwards the request there.
+    #[error("room is served by another node ({0})")]
+    OwnedElsewhere(String),
 }
 
 impl RequestError {

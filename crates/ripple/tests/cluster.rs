@@ -744,3 +744,75 @@ async fn a_clustered_node_on_every_interface_must_say_where_it_is_reached() {
     assert!(stderr.contains("advertise_url"), "{stderr}");
     db.drop_db().await;
 }
+
+/// One HTTP/1.1 request to a node: (status, body).
+async fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {out:?}"));
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Postgres (RIPPLE_TEST_DATABASE_URL)"]
+async fn any_node_answers_the_http_api_and_writes_go_through_the_owner() {
+    let db = TestDb::create("api").await;
+    let ids = ["api0", "api1"];
+    let nodes: Vec<Node> = ids
+        .iter()
+        .map(|id| Node::clustered(&db.url, "10", &["--node-id", id]))
+        .collect();
+    let room = "api-room";
+    // A client makes node 0 the owner.
+    let mut client = nodes[0].try_client(room).await.expect("served");
+    assert_eq!(owner_index(&db, room, &ids).await, 0);
+    put(&client, "from-socket");
+    wait_count(&mut client, 1).await;
+    // A JSON edit through the node that does not own the room: applied by the owner, durable
+    // before the answer, and seen by the owner's client.
+    let edit = r#"{"ops": [{"map": "edits", "set": {"from-http-on-node-1": true}}]}"#;
+    let (status, body) = http(
+        nodes[1].port,
+        "POST",
+        &format!("/api/v1/rooms/main/{room}/json"),
+        edit,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"seq\""), "{body}");
+    wait_count(&mut client, 2).await;
+    assert!(keys(&client).contains(&"from-http-on-node-1".to_owned()));
+    // A read through node 1 sees both edits.
+    let (status, body) = http(
+        nodes[1].port,
+        "GET",
+        &format!("/api/v1/rooms/main/{room}/json?types=edits:map"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("from-socket") && body.contains("from-http-on-node-1"),
+        "{body}"
+    );
+    // Node 0 never became a second writer: node 1 holds no lease of the room.
+    assert_eq!(owner_index(&db, room, &ids).await, 0);
+    drop(client);
+    drop(nodes);
+    db.drop_db().await;
+}

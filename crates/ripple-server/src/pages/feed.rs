@@ -96,9 +96,8 @@ fn op_error(e: OpError) -> Response {
     let status = match &e {
         OpError::Request(RequestError::BadInput(_)) => StatusCode::BAD_REQUEST,
         OpError::Request(RequestError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
-        OpError::Request(RequestError::Unavailable(_)) | OpError::Room(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        OpError::Request(RequestError::Unavailable(_) | RequestError::OwnedElsewhere(_))
+        | OpError::Room(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, "room", e.to_string())
 }
