@@ -184,5 +184,5 @@ async fn the_inspector_needs_the_admin_token_unless_open() {
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("\"closed\":1"), "{text}");
     let (code, _) = c.wait_closed(WAIT).await.expect("closed by the inspector");
-    assert_eq!(code, 1001);
+    assert_eq!(code, 4002, "the HTTP API's close code");
 }

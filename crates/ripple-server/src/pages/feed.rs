@@ -59,13 +59,14 @@ const MAX_INSPECTED: usize = 100;
 /// registry keeps, are read every tick).
 const INSPECT_EVERY: Duration = Duration::from_secs(1);
 
-/// The close code and reason the inspector's "close connections" sends: clients reconnect.
+/// The close code and reason the inspector's "close connections" sends (the HTTP API's code:
+/// clients reconnect and face auth again).
 const CLOSE: (u16, &str) = (
-    code::GOING_AWAY,
+    code::CLOSED_BY_API,
     "connections closed by an operator; reconnect",
 );
-/// ... and the one "delete" sends.
-const DELETE: (u16, &str) = (code::GOING_AWAY, "room deleted by an operator");
+/// ... and the one "delete" sends (the HTTP API's).
+const DELETE: (u16, &str) = (code::ROOM_DELETED, "room deleted by an operator");
 
 /// The feed's routes. Room paths are matched on the raw path (room ids are raw segments, as
 /// on the WebSocket endpoints), so they are dispatched here rather than by the router.
