@@ -103,11 +103,7 @@ async fn link(State(ctx): State<Arc<ServerCtx>>, req: Request) -> Response {
     };
     let tracker = ctx.tracker.clone();
     tracker.spawn(crate::cluster::serve_link(on_upgrade, ctx, peer));
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+    switching_protocols(&accept)
         .body(axum::body::Body::empty())
         .unwrap_or_else(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "bad response"))
 }
@@ -149,47 +145,14 @@ pub(crate) async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -
         Ok(key) => key,
         Err(e) => return reject(StatusCode::BAD_REQUEST, format!("bad room id: {e}")),
     };
-    if ctx.shutdown.is_cancelled() {
-        return reject(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
-    }
-    let remote_ip = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ci| ci.0.ip());
-    // Before any auth work: a banned address costs a table lookup, nothing more.
-    if let Some(ip) = remote_ip {
-        if let Err(retry_after) = ctx.throttle.check(ip, now_ms()) {
-            inc(&ctx.stats.auth_throttled);
-            // Rounded up: a client retrying after Retry-After must find the ban over.
-            let secs = retry_after.as_millis().div_ceil(1000).max(1);
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, secs.to_string())],
-                format!("too many failed auth attempts from this address; retry in {secs} s"),
-            )
-                .into_response();
-        }
-    }
-    if !ctx
-        .origins
-        .allows(parts.headers.get(header::ORIGIN).map(HeaderValue::as_bytes))
-    {
-        inc(&ctx.stats.origin_refused);
-        return reject(
-            StatusCode::FORBIDDEN,
-            "origin not allowed: this page's Origin is not in the server's allowed_origins",
-        );
-    }
-    let max = ctx.config.max_connections as u64;
-    let Some(slot) = reserve_connection(&ctx.stats, max) else {
-        return reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("server at its limit of {max} connections"),
-        );
-    };
-    let (accept, on_upgrade) = match websocket_handshake(&mut parts) {
-        Ok(v) => v,
-        Err((status, reason)) => return reject(status, reason),
+    let Upgrade {
+        remote_ip,
+        slot,
+        accept,
+        on_upgrade,
+    } = match admit_upgrade(&ctx, &mut parts) {
+        Ok(upgrade) => upgrade,
+        Err(response) => return response,
     };
     let auth_req = UpgradeRequest {
         key: &key,
@@ -209,11 +172,7 @@ pub(crate) async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -
             return reject(rejection.status, rejection.reason);
         }
     };
-    let mut response = Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    let mut response = switching_protocols(&accept);
     if let Some(protocol) = admission.subprotocol.as_deref() {
         match HeaderValue::from_str(protocol) {
             Ok(value) => response = response.header(header::SEC_WEBSOCKET_PROTOCOL, value),
@@ -230,8 +189,50 @@ pub(crate) async fn websocket(State(ctx): State<Arc<ServerCtx>>, req: Request) -
 /// A Hocuspocus socket: the same checks as a room upgrade (shutdown, failed-auth ban, origin,
 /// connection cap, handshake), but no auth: tokens arrive inside the socket, per document.
 fn hocuspocus_upgrade(ctx: Arc<ServerCtx>, mut parts: Parts) -> Response {
+    let Upgrade {
+        remote_ip,
+        slot,
+        accept,
+        on_upgrade,
+    } = match admit_upgrade(&ctx, &mut parts) {
+        Ok(upgrade) => upgrade,
+        Err(response) => return response,
+    };
+    let origin = parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_owned);
+    let client = hocuspocus::Client {
+        ip: remote_ip,
+        origin,
+    };
+    let tracker = ctx.tracker.clone();
+    tracker.spawn(hocuspocus::accept(on_upgrade, client, slot, ctx));
+    switching_protocols(&accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "bad response"))
+}
+
+/// A WebSocket upgrade that passed the checks every kind of socket gets before its own auth.
+struct Upgrade {
+    remote_ip: Option<std::net::IpAddr>,
+    /// Its place under `max_connections`, reserved (increment, then check).
+    slot: crate::stats::ConnSlot,
+    accept: String,
+    on_upgrade: OnUpgrade,
+}
+
+/// The checks before any auth work, in order of cost: shutting down, the client address's
+/// failed-auth ban (a table lookup), `allowed_origins`, the connection cap, the RFC 6455
+/// handshake. `Err` is the answer to send.
+#[allow(clippy::result_large_err)] // the refusal is the response itself, sent at once
+fn admit_upgrade(ctx: &ServerCtx, parts: &mut Parts) -> Result<Upgrade, Response> {
     if ctx.shutdown.is_cancelled() {
-        return reject(StatusCode::SERVICE_UNAVAILABLE, "server shutting down");
+        return Err(reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server shutting down",
+        ));
     }
     let remote_ip = parts
         .extensions
@@ -240,48 +241,50 @@ fn hocuspocus_upgrade(ctx: Arc<ServerCtx>, mut parts: Parts) -> Response {
     if let Some(ip) = remote_ip {
         if let Err(retry_after) = ctx.throttle.check(ip, now_ms()) {
             inc(&ctx.stats.auth_throttled);
+            // Rounded up: a client retrying after Retry-After must find the ban over.
             let secs = retry_after.as_millis().div_ceil(1000).max(1);
-            return (
+            return Err((
                 StatusCode::TOO_MANY_REQUESTS,
                 [(header::RETRY_AFTER, secs.to_string())],
                 format!("too many failed auth attempts from this address; retry in {secs} s"),
             )
-                .into_response();
+                .into_response());
         }
     }
-    let origin = parts.headers.get(header::ORIGIN);
-    if !ctx.origins.allows(origin.map(HeaderValue::as_bytes)) {
+    if !ctx
+        .origins
+        .allows(parts.headers.get(header::ORIGIN).map(HeaderValue::as_bytes))
+    {
         inc(&ctx.stats.origin_refused);
-        return reject(
+        return Err(reject(
             StatusCode::FORBIDDEN,
             "origin not allowed: this page's Origin is not in the server's allowed_origins",
-        );
+        ));
     }
-    let origin = origin.and_then(|o| o.to_str().ok()).map(str::to_owned);
     let max = ctx.config.max_connections as u64;
     let Some(slot) = reserve_connection(&ctx.stats, max) else {
-        return reject(
+        return Err(reject(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("server at its limit of {max} connections"),
-        );
+        ));
     };
-    let (accept, on_upgrade) = match websocket_handshake(&mut parts) {
-        Ok(v) => v,
-        Err((status, reason)) => return reject(status, reason),
-    };
-    let client = hocuspocus::Client {
-        ip: remote_ip,
-        origin,
-    };
-    let tracker = ctx.tracker.clone();
-    tracker.spawn(hocuspocus::accept(on_upgrade, client, slot, ctx));
+    let (accept, on_upgrade) =
+        websocket_handshake(parts).map_err(|(status, reason)| reject(status, reason))?;
+    Ok(Upgrade {
+        remote_ip,
+        slot,
+        accept,
+        on_upgrade,
+    })
+}
+
+/// The start of a `101 Switching Protocols` answer to a WebSocket upgrade.
+fn switching_protocols(accept: &str) -> axum::http::response::Builder {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(axum::body::Body::empty())
-        .unwrap_or_else(|_| reject(StatusCode::INTERNAL_SERVER_ERROR, "bad response"))
 }
 
 /// Checks an RFC 6455 opening handshake. Returns the `Sec-WebSocket-Accept` value and the
