@@ -187,6 +187,7 @@ impl Cluster {
             out_rx,
             link.clone(),
             self.shutdown.clone(),
+            self.stats.clone(),
         ));
         Ok(link)
     }
@@ -224,6 +225,15 @@ pub(crate) enum ProxyEnd {
     /// The owner is dead (its address refuses connections) and its leases were ended: the
     /// room's slot may try to take the room at once. Nothing was taken from the inbox.
     OwnerDead,
+}
+
+/// Microseconds on a monotonic clock of this process.
+fn now_us() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
 }
 
 fn ws_config() -> WebSocketConfig {
@@ -286,6 +296,7 @@ async fn run_forwarding_link(
     mut out_rx: mpsc::Receiver<Bytes>,
     link: Arc<Link>,
     shutdown: CancellationToken,
+    stats: Arc<Stats>,
 ) {
     let (mut write, mut read) = ws.split();
     let writer = async {
@@ -296,7 +307,8 @@ async fn run_forwarding_link(
                     Some(frame) => WsMessage::Binary(frame),
                     None => break,
                 },
-                _ = ping.tick() => WsMessage::Ping(Bytes::new()),
+                // The ping carries when it was sent; its pong gives the link's round trip.
+                _ = ping.tick() => WsMessage::Ping(Bytes::copy_from_slice(&now_us().to_be_bytes())),
                 _ = link.broken.cancelled() => break,
             };
             if write.send(msg).await.is_err() {
@@ -314,7 +326,14 @@ async fn run_forwarding_link(
             let bytes = match next {
                 Ok(Some(Ok(WsMessage::Binary(bytes)))) => bytes,
                 Ok(Some(Ok(WsMessage::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => break,
-                Ok(Some(Ok(_))) => continue, // pings (answered by tungstenite), pongs
+                Ok(Some(Ok(WsMessage::Pong(payload)))) => {
+                    if let Ok(sent) = <[u8; 8]>::try_from(payload.as_ref()) {
+                        let rtt = now_us().saturating_sub(u64::from_be_bytes(sent));
+                        stats.link_rtt_us.store(rtt, Relaxed);
+                    }
+                    continue;
+                }
+                Ok(Some(Ok(_))) => continue, // pings (answered by tungstenite)
                 Err(_) => {
                     warn!(node = %link.peer, "cluster link silent; closing it");
                     break;

@@ -389,6 +389,9 @@ pub(crate) async fn run(
         }
         // The owner died and its leases were ended: take the room (once).
         loaded = load(&key, &env, persist).await;
+        if loaded.is_ok() {
+            inc(&env.stats.failovers);
+        }
         if let Err(JoinError::OwnedElsewhere(owner)) = &loaded {
             let owner = owner.clone();
             crate::cluster::proxy(key, owner, env, &mut inbox, members).await;
@@ -1254,6 +1257,7 @@ impl Actor {
                         return false;
                     }
                     Ok(Err(e)) => {
+                        inc(&self.env.stats.lease_renewal_failures);
                         self.env.stats.append_failed();
                         warn!(room = %self.key, error = %e, "lease renewal failed; retrying");
                         if let Some(lease) = self.lease.as_mut() {
@@ -1261,6 +1265,7 @@ impl Actor {
                         }
                     }
                     Err(_) => {
+                        inc(&self.env.stats.lease_renewal_failures);
                         self.env.stats.append_failed();
                         warn!(room = %self.key, "lease renewal timed out; retrying");
                         if let Some(lease) = self.lease.as_mut() {

@@ -48,6 +48,13 @@ pub struct Stats {
     pub owned_elsewhere: AtomicU64,
     /// Rooms this node owns now (holds the lease of).
     pub rooms_owned: AtomicU64,
+    /// Lease renewals that failed or timed out (the room is kept until self-fencing).
+    pub lease_renewal_failures: AtomicU64,
+    /// Rooms this node took over from a dead owner (its address refused connections, so its
+    /// leases were ended instead of waited out).
+    pub failovers: AtomicU64,
+    /// The last round-trip time measured on a link to another node (ping to pong), in µs.
+    pub link_rtt_us: AtomicU64,
     /// Cluster links this node opened to other nodes, and accepted from them.
     pub links_opened: AtomicU64,
     pub links_accepted: AtomicU64,
@@ -131,7 +138,7 @@ impl Stats {
     /// `storage_unready_secs` (for the `ripple_storage_failing` gauge).
     pub fn render(&self, storage_window: Duration) -> String {
         let storage_failing = AtomicU64::new(self.storage_failing(storage_window).into());
-        let rows: [(&str, &str, &AtomicU64); 29] = [
+        let rows: [(&str, &str, &AtomicU64); 32] = [
             ("ripple_rooms_loaded_total", "counter", &self.rooms_loaded),
             ("ripple_rooms_active", "gauge", &self.rooms_active),
             (
@@ -189,6 +196,13 @@ impl Stats {
                 &self.owned_elsewhere,
             ),
             ("ripple_rooms_owned", "gauge", &self.rooms_owned),
+            (
+                "ripple_lease_renewal_failures_total",
+                "counter",
+                &self.lease_renewal_failures,
+            ),
+            ("ripple_failovers_total", "counter", &self.failovers),
+            ("ripple_link_rtt_microseconds", "gauge", &self.link_rtt_us),
             ("ripple_links_opened_total", "counter", &self.links_opened),
             (
                 "ripple_links_accepted_total",

@@ -405,6 +405,27 @@ async fn three_nodes_forward_to_the_owner_and_everyone_converges_with_awareness(
     // A late joiner on another node gets the full state.
     let mut late = nodes[2].try_client(room).await.expect("late joiner");
     wait_count(&mut late, 60).await;
+    // The forwarding shows in /metrics: forwarded joins and frames, and (after a ping round)
+    // the link's round trip, on the nodes that forward; rooms owned on the owner.
+    let mut forwarding = 0;
+    for node in &nodes {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let joins = metric(node.port, "ripple_forwarded_joins_total").await;
+            if joins == 0.0 {
+                assert_eq!(metric(node.port, "ripple_rooms_owned").await, 1.0, "owner");
+                break;
+            }
+            assert!(metric(node.port, "ripple_forwarded_frames_total").await > 0.0);
+            if metric(node.port, "ripple_link_rtt_microseconds").await > 0.0 {
+                forwarding += 1;
+                break;
+            }
+            assert!(Instant::now() < deadline, "no link round trip measured");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(forwarding, 2, "two of the three nodes forward");
     // Awareness from a client on node 1 reaches node 2, and goes when its socket dies.
     set_awareness(&mut clients[1], "on-node-1");
     wait_awareness(&mut clients[2], "on-node-1", true).await;
@@ -608,6 +629,11 @@ async fn kill_9_of_the_owner_while_every_node_writes_loses_nothing_anyone_saw() 
         assert!(have.contains(k), "{k} was seen before the kill and is gone");
     }
     put(&after, "after-failover");
+    assert_eq!(
+        metric(nodes[survivor].port, "ripple_failovers_total").await,
+        1.0,
+        "the survivor took the room over from the dead owner"
+    );
     let other = (owner + 2) % nodes.len();
     let (mut probe, _) = nodes[other].client_when_served(room).await;
     wait_count(&mut probe, seen.len() + 1).await;
@@ -815,4 +841,13 @@ async fn any_node_answers_the_http_api_and_writes_go_through_the_owner() {
     drop(client);
     drop(nodes);
     db.drop_db().await;
+}
+
+/// One value of a node's `/metrics`.
+async fn metric(port: u16, name: &str) -> f64 {
+    let (status, body) = http(port, "GET", "/metrics", "").await;
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
 }
