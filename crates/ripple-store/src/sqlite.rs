@@ -1,13 +1,24 @@
 //! The embedded store: SQLite in WAL mode in `DATA_DIR/ripple.db`.
 //!
-//! No SQLite call runs on the async runtime's threads. One dedicated writer thread owns the
-//! write connection and takes requests from a bounded channel; it group-commits (everything
-//! queued goes into one transaction, one commit, one fsync) and then acknowledges each caller.
-//! Each request runs inside its own savepoint, so one failing request (a compaction conflict)
-//! does not fail the others in its batch. Reads (`load`, `list`, `check`) run on a small pool of
-//! read connections through `spawn_blocking`; WAL lets them proceed while the writer writes.
+//! One write connection, [`Writer`], is shared by every caller, and writes group-commit:
+//! everything queued goes into one transaction, one commit, one fsync, and then each caller is
+//! answered. Each request runs inside its own savepoint, so one failing request (a compaction
+//! conflict) does not fail the others in its batch. Reads (`load`, `list`, `check`) run on a
+//! small pool of read connections through `spawn_blocking`; WAL lets them proceed while the
+//! writer writes.
+//!
+//! Who commits: the caller that finds the writer idle commits its own batch on its own thread
+//! (a tokio worker) and returns; whatever was queued meanwhile is drained by a blocking-pool
+//! thread until the queue is empty. An earlier design handed every write to a dedicated writer
+//! thread and woke the caller back. At the rates rooms write (one commit every few
+//! milliseconds) those two cross-thread wake-ups cost more CPU than the commit itself (they
+//! were half the writer thread's time on a 2-core VM, see docs/benchmarks.md), so the idle case
+//! has none; under load the drain thread batches, and its one wake-up is shared by its batches.
+//! Checkpoints are kept off that path: the writer never checkpoints below
+//! [`WRITER_CHECKPOINT_PAGES`] and a checkpointer thread of its own copies the WAL back (see
+//! [`Checkpointer`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,7 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ripple_core::{BoxFuture, RoomInfo, RoomKey, Store, StoreError, StoredRoom};
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::fsck::{self, RawRecord, Report, SalvageReport};
 use crate::record::{self, RecordKind};
@@ -25,8 +36,6 @@ use crate::{CompactStep, Durability, MAX_BATCH_BYTES, MAX_BATCH_REQUESTS};
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "ripple.db";
 
-/// Requests waiting for the writer. When full, callers wait (backpressure); nothing is dropped.
-const REQUEST_QUEUE: usize = 1024;
 /// Read connections kept open between reads; more are opened on demand and closed after use.
 const MAX_IDLE_READERS: usize = 4;
 /// How long a connection waits for a lock held by another connection (another process, or the
@@ -90,9 +99,8 @@ const ROOM_RECORDS: &str = "SELECT 0 AS kind, seq, data, checksum FROM snapshots
 pub struct SqliteStore {
     path: PathBuf,
     durability: Durability,
-    requests: mpsc::Sender<Request>,
+    writer: Arc<Writer>,
     readers: Arc<Readers>,
-    commits: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -275,19 +283,26 @@ impl SqliteStore {
         // Open one reader now so that a problem shows at startup, not at the first load.
         readers.with(|_| Ok(()))?;
 
-        let (requests, rx) = mpsc::channel(REQUEST_QUEUE);
-        let commits = Arc::new(AtomicU64::new(0));
-        let thread_commits = commits.clone();
-        std::thread::Builder::new()
-            .name("ripple-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, &thread_commits))
-            .map_err(|e| StoreError::Unavailable(format!("starting the sqlite writer: {e}")))?;
+        let (checkpointer, nudged) = Checkpointer::new();
+        let writer = Arc::new(Writer {
+            state: Mutex::new(WriterState {
+                conn: Some(WriterConn {
+                    conn,
+                    last_seqs: LastSeqs::default(),
+                    since_checkpoint: 0,
+                }),
+                queue: VecDeque::new(),
+                checkpoint_wanted: false,
+            }),
+            commits: AtomicU64::new(0),
+            checkpointer,
+        });
+        Checkpointer::spawn(&path, nudged, Arc::downgrade(&writer))?;
         Ok(Self {
             path,
             durability,
-            requests,
+            writer,
             readers,
-            commits,
         })
     }
 
@@ -303,7 +318,7 @@ impl SqliteStore {
 
     /// Write transactions committed since the store was opened.
     pub fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.writer.commits.load(Ordering::Relaxed)
     }
 
     /// Inspects every record of `room` (or of all rooms): checksum, then Yjs decoding.
@@ -325,10 +340,10 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(make(reply))
-            .await
-            .map_err(|_| StoreError::Unavailable("the sqlite writer has stopped".into()))?;
+        if let Some(conn) = self.writer.submit(make(reply)) {
+            // The writer was idle: this caller commits (its own request is in the batch).
+            Writer::lead(&self.writer, conn);
+        }
         answer.await.map_err(|_| {
             StoreError::Unavailable("the sqlite writer stopped before answering".into())
         })?
@@ -457,6 +472,8 @@ fn open_writer(
     };
     conn.pragma_update(None, "synchronous", synchronous)
         .map_err(unavailable)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+        .map_err(unavailable)?;
     Ok(conn)
 }
 
@@ -495,22 +512,233 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     tx.commit().map_err(unavailable)
 }
 
-/// The writer thread: one batch per loop, until every sender is gone.
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, commits: &AtomicU64) {
-    let mut last_seqs = LastSeqs::default();
-    while let Some(first) = rx.blocking_recv() {
-        let mut bytes = first.payload_len();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(request) => {
-                    bytes += request.payload_len();
-                    batch.push(request);
-                }
-                Err(_) => break,
+/// The write connection and the requests waiting for it. See the module docs for who commits.
+struct Writer {
+    state: Mutex<WriterState>,
+    commits: AtomicU64,
+    checkpointer: Checkpointer,
+}
+
+struct WriterState {
+    /// `None` while someone is committing with it.
+    conn: Option<WriterConn>,
+    /// Requests waiting for the next batch. Not capped here: every caller waits for its answer,
+    /// so this holds at most one request per concurrent caller (a room has at most an append
+    /// and a compaction in flight, and rooms in memory are capped by `max_rooms`).
+    queue: VecDeque<Request>,
+    /// The checkpointer has copied most of the WAL back and asks whoever holds the connection
+    /// for the rest (see [`Checkpointer`]).
+    checkpoint_wanted: bool,
+}
+
+/// The write connection with what belongs to it.
+struct WriterConn {
+    conn: Connection,
+    last_seqs: LastSeqs,
+    /// Commits since the checkpointer was last nudged.
+    since_checkpoint: u32,
+}
+
+/// What the holder of the connection does next.
+enum Work {
+    Batch(Vec<Request>),
+    Checkpoint,
+    /// Nothing waits: the connection has been given back.
+    Idle,
+}
+
+impl Writer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `request`. Returns the connection if the writer was idle: the caller commits.
+    fn submit(&self, request: Request) -> Option<WriterConn> {
+        let mut state = self.lock();
+        state.queue.push_back(request);
+        state.conn.take()
+    }
+
+    /// Commits what is queued now (the caller's request among it) on the caller's thread, then
+    /// leaves whatever arrived meanwhile, and a wanted checkpoint, to a blocking-pool thread, so
+    /// that a room's turn is never held up by other rooms' commits.
+    fn lead(this: &Arc<Self>, conn: WriterConn) {
+        let mut held = Held {
+            writer: this.clone(),
+            conn: Some(conn),
+        };
+        match held.next(false) {
+            Work::Batch(batch) => held.run(batch),
+            Work::Checkpoint | Work::Idle => return,
+        }
+        {
+            let mut state = this.lock();
+            if state.queue.is_empty() && !state.checkpoint_wanted {
+                state.conn = held.conn.take();
+                return;
             }
         }
-        run_batch(&mut conn, batch, commits, &mut last_seqs);
+        match tokio::runtime::Handle::try_current() {
+            // If the runtime is shutting down the closure is dropped unrun; `Held`'s drop gives
+            // the connection back either way.
+            Ok(runtime) => drop(runtime.spawn_blocking(move || held.drain())),
+            Err(_) => held.drain(),
+        }
+    }
+}
+
+/// The connection while someone commits with it. Dropping it gives the connection back, so a
+/// panic or an unrun task cannot lose it.
+struct Held {
+    writer: Arc<Writer>,
+    conn: Option<WriterConn>,
+}
+
+impl Held {
+    /// The next batch; else the wanted checkpoint (if `checkpoints`); else gives the
+    /// connection back.
+    fn next(&mut self, checkpoints: bool) -> Work {
+        let mut state = self.writer.lock();
+        if state.queue.is_empty() {
+            if checkpoints && state.checkpoint_wanted {
+                state.checkpoint_wanted = false;
+                return Work::Checkpoint;
+            }
+            state.conn = self.conn.take();
+            return Work::Idle;
+        }
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while batch.len() < MAX_BATCH_REQUESTS && bytes < MAX_BATCH_BYTES {
+            let Some(request) = state.queue.pop_front() else {
+                break;
+            };
+            bytes += request.payload_len();
+            batch.push(request);
+        }
+        Work::Batch(batch)
+    }
+
+    fn run(&mut self, batch: Vec<Request>) {
+        if let Some(conn) = self.conn.as_mut() {
+            if conn.run(batch, &self.writer.commits) {
+                conn.since_checkpoint += 1;
+                if conn.since_checkpoint >= CHECKPOINT_EVERY_COMMITS {
+                    conn.since_checkpoint = 0;
+                    self.writer.checkpointer.nudge();
+                }
+            }
+        }
+    }
+
+    /// Commits batches and runs the wanted checkpoint until nothing waits. Not on a runtime
+    /// thread: a checkpoint may write many pages.
+    fn drain(&mut self) {
+        loop {
+            match self.next(true) {
+                Work::Batch(batch) => self.run(batch),
+                Work::Checkpoint => {
+                    if let Some(conn) = self.conn.as_ref() {
+                        // With the connection held no commit can slip in, so this copies
+                        // everything left and the next commit starts the WAL over.
+                        checkpoint(&conn.conn);
+                    }
+                }
+                Work::Idle => return,
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.writer.lock().conn = Some(conn);
+        }
+    }
+}
+
+impl WriterConn {
+    /// Returns whether the batch committed.
+    fn run(&mut self, batch: Vec<Request>, commits: &AtomicU64) -> bool {
+        run_batch(&mut self.conn, batch, commits, &mut self.last_seqs)
+    }
+}
+
+/// The writer asks the checkpointer to run after this many commits (a commit adds two or three
+/// pages to the WAL, so about SQLite's default of 1,000 pages).
+const CHECKPOINT_EVERY_COMMITS: u32 = 320;
+/// The writer's own automatic checkpoint, only a safety valve (should the checkpointer be
+/// unable to run): SQLite checkpoints inside the commit that takes the WAL past this many
+/// pages (32 MiB of 4 KiB pages).
+const WRITER_CHECKPOINT_PAGES: u32 = 8192;
+
+/// Copies the WAL back into the database off the commit path. SQLite's automatic checkpoint
+/// runs inside the commit that crosses its threshold, and commits run on callers' threads.
+///
+/// In two steps, on a thread of its own: first a PASSIVE checkpoint on a connection of its own,
+/// which copies nearly everything while commits go on; then the rest with the write connection
+/// held (taken when idle, or asked of whoever holds it: [`WriterState::checkpoint_wanted`]),
+/// because SQLite starts the WAL over only when a commit finds all of it copied back, which a
+/// concurrent checkpoint rarely leaves under steady writes.
+struct Checkpointer {
+    nudge: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Checkpointer {
+    fn new() -> (Self, std::sync::mpsc::Receiver<()>) {
+        let (nudge, nudged) = std::sync::mpsc::sync_channel(1);
+        (Self { nudge }, nudged)
+    }
+
+    /// Starts the thread. It ends when the store is gone (the writer holds the only sender).
+    fn spawn(
+        path: &Path,
+        nudged: std::sync::mpsc::Receiver<()>,
+        writer: std::sync::Weak<Writer>,
+    ) -> Result<(), StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::Unavailable(format!("opening {}: {e}", path.display())))?;
+        std::thread::Builder::new()
+            .name("ripple-sqlite-checkpoint".into())
+            .spawn(move || {
+                while nudged.recv().is_ok() {
+                    checkpoint(&conn);
+                    let Some(writer) = writer.upgrade() else {
+                        return;
+                    };
+                    let idle = {
+                        let mut state = writer.lock();
+                        state.checkpoint_wanted = true;
+                        state.conn.take()
+                    };
+                    if let Some(conn) = idle {
+                        // Not on a runtime thread: whatever queues meanwhile is drained here.
+                        Held {
+                            writer,
+                            conn: Some(conn),
+                        }
+                        .drain();
+                    }
+                }
+            })
+            .map(drop)
+            .map_err(|e| StoreError::Unavailable(format!("starting the checkpointer: {e}")))
+    }
+
+    /// Asks for a checkpoint; one already asked for and not yet started covers this one too.
+    fn nudge(&self) {
+        let _ = self.nudge.try_send(());
+    }
+}
+
+/// A PASSIVE checkpoint: never waits for, nor blocks, readers or other writers.
+fn checkpoint(conn: &Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::warn!("sqlite: checkpoint failed: {e}");
     }
 }
 
@@ -562,19 +790,20 @@ fn rollback(conn: &Connection) {
 }
 
 /// Runs a batch of requests in one transaction, commits once, then answers every caller.
+/// Returns whether it committed.
 fn run_batch(
     conn: &mut Connection,
     batch: Vec<Request>,
     commits: &AtomicU64,
     last_seqs: &mut LastSeqs,
-) {
+) -> bool {
     if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
         let msg = format!("sqlite: starting a transaction: {e}");
         tracing::warn!("{msg}");
         batch
             .into_iter()
             .for_each(|request| Done::unstarted(request).fail(&msg));
-        return;
+        return false;
     }
     // A lone request needs no savepoint: if it fails, the whole transaction is rolled back.
     let isolate = batch.len() > 1;
@@ -595,19 +824,20 @@ fn run_batch(
         tracing::warn!("{msg}");
         done.extend(requests.map(Done::unstarted));
         done.into_iter().for_each(|d| d.fail(msg));
-        return;
+        return false;
     }
     if !isolate && done.iter().any(Done::is_err) {
         // The lone request failed part-way: none of it may commit.
         rollback(conn);
         last_seqs.clear();
         done.into_iter().for_each(Done::answer);
-        return;
+        return false;
     }
     match exec_cached(conn, "COMMIT") {
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
             done.into_iter().for_each(Done::answer);
+            true
         }
         Err(e) => {
             rollback(conn);
@@ -615,6 +845,7 @@ fn run_batch(
             let msg = format!("sqlite: commit failed: {e}");
             tracing::warn!("{msg}");
             done.into_iter().for_each(|d| d.fail(&msg));
+            false
         }
     }
 }
