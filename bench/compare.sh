@@ -6,6 +6,7 @@
 #   SERVERS="ripple hocuspocus" bench/compare.sh
 #   SERVERS="ripple-hocuspocus hocuspocus" BASELINE=ripple-hocuspocus SCENARIOS="fanout burst connect bigdoc" bench/compare.sh
 #   SCENARIOS="fanout burst" bench/compare.sh
+#   SCENARIOS="fanout fanout-js" bench/compare.sh   # the Rust client and the JS client side by side
 #   OUT=/tmp/bench bench/compare.sh       # where results.jsonl, logs and table.md go
 #
 # The chart, results.jsonl, table.md and machine.txt are also copied to docs/bench/ (CHART's
@@ -17,6 +18,10 @@
 # driven by Hocuspocus clients at /hocuspocus: the same load in the Hocuspocus protocol, with an
 # acknowledgement per update after it is stored), y-websocket-server (@y/websocket-server 0.1.1, in memory), hocuspocus (@hocuspocus/server 3,
 # in memory), partykit (partykit 0.0.115 dev + y-partykit 0.0.33, snapshot persistence).
+# Scenarios: fanout, burst, connect, idle, bigdoc are driven by ripple-bench (lean Rust clients);
+# fanout-js and burst-js are the same two scenarios, same parameters and figures, driven by the JS
+# clients people run (bench/js-load.mjs: y-websocket 3.1.0's WebsocketProvider + yjs, one Node
+# process), yws servers only.
 # Prints one markdown table (each figure per server with its ratio to Ripple) and the issue's
 # targets, and writes the chart to docs/bench/compare.svg.
 set -euo pipefail
@@ -27,7 +32,7 @@ cd "$ROOT"
 SERVERS=${SERVERS:-"ripple ripple-relaxed ripple-memory ripple-hocuspocus y-websocket-server hocuspocus partykit"}
 # The server the table's ratios are taken against.
 BASELINE=${BASELINE:-ripple}
-SCENARIOS=${SCENARIOS:-"fanout burst connect idle bigdoc"}
+SCENARIOS=${SCENARIOS:-"fanout burst fanout-js burst-js connect idle bigdoc"}
 OUT=${OUT:-"$ROOT/target/bench-compare"}
 CHART=${CHART:-"$ROOT/docs/bench/compare.svg"}
 # Ripple alone also runs connect with this many clients (the 10,000-connection target); 0 skips.
@@ -55,6 +60,8 @@ export RIPPLE_CONFIG="$ROOT/bench/ripple.bench.toml"
 
 needs_node=0
 for s in $SERVERS; do case $s in ripple*) ;; *) needs_node=1 ;; esac; done
+# The JS-client scenarios need the peers' node_modules too (y-websocket, yjs, ws).
+for s in $SCENARIOS; do case $s in *-js) needs_node=1 ;; esac; done
 if [ "$needs_node" = 1 ] && { [ ! -d bench/node_modules ] || [ bench/package-lock.json -nt bench/node_modules ]; }; then
   log "installing the peers from bench/package-lock.json"
   (cd bench && npm ci --no-audit --no-fund)
@@ -152,23 +159,34 @@ proto_for() {
 run() {
   local server=$1 scenario=$2 name=$3
   shift 3
+  # The load generator: ripple-bench, or for the -js scenarios the JS clients (bench/js-load.mjs,
+  # protocol yws-js), which speak yws only.
+  local driver=("$BENCH" "$scenario" --protocol "$(proto_for "$server")") what="ripple-bench $scenario"
+  case $scenario in
+    *-js)
+      if [ "$(proto_for "$server")" != yws ]; then
+        echo "NOTE: $name not run against $server (y-websocket's provider speaks yws only); the table shows 'not run'" >&2
+        return 0
+      fi
+      driver=(node bench/js-load.mjs "${scenario%-js}") what="js-load.mjs ${scenario%-js}"
+      ;;
+  esac
   if ! start_server "$server" "$name"; then
     echo "SKIPPED: $name against $server (the server did not start); the table shows 'not run'" >&2
     return 0
   fi
   log "$name against $server (pid $SERVER_PID, port $PORT)"
-  # shellcheck disable=SC2046
-  "$BENCH" "$scenario" --label "$server" --name "$name" --protocol "$(proto_for "$server")" \
+  "${driver[@]}" --label "$server" --name "$name" \
     --url "$(url_for "$server")" --server-pid "$SERVER_PID" --json-out "$RESULTS" "$@" \
-    | grep -v '^{' || echo "ripple-bench $scenario against $server failed" >&2
+    | grep -v '^{' || echo "$what against $server failed" >&2
   stop_server
   sleep 1
 }
 
 args_for() {
   case $1 in
-    fanout) echo "$FANOUT_ARGS" ;;
-    burst) echo "$BURST_ARGS" ;;
+    fanout|fanout-js) echo "$FANOUT_ARGS" ;;
+    burst|burst-js) echo "$BURST_ARGS" ;;
     connect) echo "$CONNECT_ARGS" ;;
     idle) echo "$IDLE_ARGS" ;;
     bigdoc) echo "$BIGDOC_ARGS" ;;
