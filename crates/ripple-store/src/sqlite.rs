@@ -9,11 +9,14 @@
 //!
 //! Who commits: the caller that finds the writer idle commits its own batch on its own thread
 //! (a tokio worker) and returns; whatever was queued meanwhile is drained by a blocking-pool
-//! thread until the queue is empty. An earlier design handed every write to a dedicated writer
-//! thread and woke the caller back. At the rates rooms write (one commit every few
-//! milliseconds) those two cross-thread wake-ups cost more CPU than the commit itself (they
-//! were half the writer thread's time on a 2-core VM, see docs/benchmarks.md), so the idle case
-//! has none; under load the drain thread batches, and its one wake-up is shared by its batches.
+//! thread until the queue is empty. So at most one runtime worker is ever inside SQLite, and
+//! only for its own commit; on a runtime with a single worker every commit goes to the blocking
+//! pool, so that a slow disk cannot stall every connection. An earlier design handed every
+//! write to a dedicated writer thread and woke the caller back: at the rates rooms write (a
+//! commit every few milliseconds, each one alone) the two hand-offs cost more CPU than SQLite's
+//! own work (on a 2-core VM with the database on tmpfs, fanout CPU per delivered update went
+//! from 20.3 to 13.2 µs against 8.2 µs with no persistence: docs/benchmarks.md). Under load the
+//! drain thread batches, and its one wake-up is shared by its batches.
 //! Checkpoints are kept off that path: the writer never checkpoints below
 //! [`WRITER_CHECKPOINT_PAGES`] and a checkpointer thread of its own copies the WAL back (see
 //! [`Checkpointer`]).
@@ -44,9 +47,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, applied in order inside one transaction; `schema_version` records each.
 /// Tables are STRICT so a value of the wrong type can never be stored.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE snapshots (
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE snapshots (
         party TEXT NOT NULL,
         room TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -77,7 +81,26 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         quarantined_ms INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX quarantine_room ON quarantine (party, room, seq);",
-)];
+    ),
+    // The log as one B-tree ordered by its key: an append writes one page, where a rowid
+    // table wrote two (the table, and the index behind its primary key).
+    (
+        2,
+        "CREATE TABLE updates_by_key (
+        party TEXT NOT NULL,
+        room TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        checksum INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (party, room, seq)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO updates_by_key (party, room, seq, data, checksum, created_ms)
+        SELECT party, room, seq, data, checksum, created_ms FROM updates;
+    DROP TABLE updates;
+    ALTER TABLE updates_by_key RENAME TO updates;",
+    ),
+];
 
 /// The highest sequence number a room has used, counting the snapshot, the log and the
 /// quarantine (so a salvage never lets a sequence number be reused).
@@ -567,6 +590,16 @@ impl Writer {
             writer: this.clone(),
             conn: Some(conn),
         };
+        let runtime = tokio::runtime::Handle::try_current();
+        // Only where another worker can go on meanwhile: on a runtime with one thread, a commit
+        // inline would stall every connection for as long as the disk takes.
+        let inline = runtime
+            .as_ref()
+            .map_or(true, |r| r.metrics().num_workers() > 1);
+        if let (false, Ok(runtime)) = (inline, &runtime) {
+            drop(runtime.spawn_blocking(move || held.drain()));
+            return;
+        }
         match held.next(false) {
             Work::Batch(batch) => held.run(batch),
             Work::Checkpoint | Work::Idle => return,
@@ -578,7 +611,7 @@ impl Writer {
                 return;
             }
         }
-        match tokio::runtime::Handle::try_current() {
+        match runtime {
             // If the runtime is shutting down the closure is dropped unrun; `Held`'s drop gives
             // the connection back either way.
             Ok(runtime) => drop(runtime.spawn_blocking(move || held.drain())),

@@ -946,6 +946,62 @@ async fn sqlite_a_second_writer_makes_the_first_fail_once_then_recover() {
     );
 }
 
+/// A database written by a build before migration 2 (the log as a rowid table) opens with every
+/// record intact, checksums included, and its log is then one key-ordered B-tree.
+#[tokio::test]
+async fn sqlite_migration_2_keeps_the_log_and_drops_the_rowid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let room = key("main", "old");
+    let log = edits(21, "migrated");
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("ripple.db")).expect("raw");
+        let (version, sql) = crate::sqlite::MIGRATIONS[0];
+        assert_eq!(version, 1);
+        conn.execute_batch(sql).expect("schema 1");
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL, applied_ms INTEGER NOT NULL)
+                 STRICT;
+             INSERT INTO schema_version VALUES (1, 0);",
+        )
+        .expect("version 1");
+        for (i, data) in log.iter().enumerate() {
+            let seq = i as u64 + 1;
+            let sum = crate::record::checksum_column(RecordKind::Update, "main", "old", seq, data);
+            conn.execute(
+                "INSERT INTO updates VALUES ('main', 'old', ?1, ?2, ?3, 0)",
+                rusqlite::params![seq as i64, &data[..], sum],
+            )
+            .expect("old row");
+        }
+    }
+    let store = crate::SqliteStore::open(dir.path(), Durability::Strict).expect("migrates");
+    let stored = store.load(&room).await.expect("load after migration");
+    assert_eq!(text_of(&stored), "migrated");
+    assert_eq!(seqs(&stored), (1..=log.len() as u64).collect::<Vec<_>>());
+    assert!(store.check(None).await.expect("check").is_clean());
+    assert_eq!(
+        store
+            .append(&room, 0, edits(22, "!"))
+            .await
+            .expect("append"),
+        log.len() as u64 + 1
+    );
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.path().join("ripple.db")).expect("raw");
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'updates'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("updates table");
+    assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+    let version: i64 = conn
+        .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, 2);
+}
+
 /// Commits run on the callers' threads and SQLite's own checkpoint is only a far-off safety
 /// valve, so the checkpointer thread must keep copying the WAL back: after thousands of commits
 /// the WAL file stays near SQLite's usual size instead of growing to the valve's 32 MiB.
