@@ -315,7 +315,7 @@ impl SqliteStore {
                     since_checkpoint: 0,
                 }),
                 queue: VecDeque::new(),
-                checkpoint_wanted: false,
+                checkpoint_wanted: None,
             }),
             commits: AtomicU64::new(0),
             checkpointer,
@@ -551,7 +551,8 @@ struct WriterState {
     queue: VecDeque<Request>,
     /// The checkpointer has copied most of the WAL back and asks whoever holds the connection
     /// for the rest (see [`Checkpointer`]).
-    checkpoint_wanted: bool,
+    /// Answered when it has run, so that the checkpointer never runs beside it.
+    checkpoint_wanted: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 /// The write connection with what belongs to it.
@@ -565,7 +566,8 @@ struct WriterConn {
 /// What the holder of the connection does next.
 enum Work {
     Batch(Vec<Request>),
-    Checkpoint,
+    /// Answer on the sender once it has run.
+    Checkpoint(std::sync::mpsc::SyncSender<()>),
     /// Nothing waits: the connection has been given back.
     Idle,
 }
@@ -602,11 +604,11 @@ impl Writer {
         }
         match held.next(false) {
             Work::Batch(batch) => held.run(batch),
-            Work::Checkpoint | Work::Idle => return,
+            Work::Checkpoint(_) | Work::Idle => return,
         }
         {
             let mut state = this.lock();
-            if state.queue.is_empty() && !state.checkpoint_wanted {
+            if state.queue.is_empty() && state.checkpoint_wanted.is_none() {
                 state.conn = held.conn.take();
                 return;
             }
@@ -633,9 +635,10 @@ impl Held {
     fn next(&mut self, checkpoints: bool) -> Work {
         let mut state = self.writer.lock();
         if state.queue.is_empty() {
-            if checkpoints && state.checkpoint_wanted {
-                state.checkpoint_wanted = false;
-                return Work::Checkpoint;
+            if checkpoints {
+                if let Some(done) = state.checkpoint_wanted.take() {
+                    return Work::Checkpoint(done);
+                }
             }
             state.conn = self.conn.take();
             return Work::Idle;
@@ -670,12 +673,13 @@ impl Held {
         loop {
             match self.next(true) {
                 Work::Batch(batch) => self.run(batch),
-                Work::Checkpoint => {
+                Work::Checkpoint(done) => {
                     if let Some(conn) = self.conn.as_ref() {
                         // With the connection held no commit can slip in, so this copies
                         // everything left and the next commit starts the WAL over.
                         checkpoint(&conn.conn);
                     }
+                    let _ = done.send(());
                 }
                 Work::Idle => return,
             }
@@ -743,9 +747,10 @@ impl Checkpointer {
                     let Some(writer) = writer.upgrade() else {
                         return;
                     };
+                    let (done, finished) = std::sync::mpsc::sync_channel(1);
                     let idle = {
                         let mut state = writer.lock();
-                        state.checkpoint_wanted = true;
+                        state.checkpoint_wanted = Some(done);
                         state.conn.take()
                     };
                     if let Some(conn) = idle {
@@ -755,7 +760,11 @@ impl Checkpointer {
                             conn: Some(conn),
                         }
                         .drain();
+                    } else {
+                        drop(writer);
                     }
+                    // Until the second step has run (or the store is gone), no first step.
+                    let _ = finished.recv();
                 }
             })
             .map(drop)

@@ -1022,10 +1022,12 @@ async fn sqlite_checkpointer_keeps_the_wal_small() {
     }
     assert_eq!(store.commits(), COMMITS as u64);
     eprintln!("largest WAL over {COMMITS} commits: {largest} bytes");
-    // One commit adds two or three 4 KiB pages: without checkpoints 6,000 commits would pass
-    // the valve (8,192 pages); with them the WAL restarts after every ~1,000 pages.
+    // One commit adds one or two 4 KiB pages: without the checkpointer 6,000 commits take the
+    // WAL to the valve (8,192 pages, 32 MiB: seen at 34.9 MB when the second step was missing);
+    // with it the WAL restarts every ~320 commits (8-13 MB seen; the margin is for a loaded
+    // machine, where the checkpointer thread may lag).
     assert!(
-        largest < 16 << 20,
+        largest < 24 << 20,
         "WAL reached {largest} bytes after {COMMITS} commits: the checkpointer is not running"
     );
     for r in 0..10 {
