@@ -2,12 +2,21 @@
 # Side-by-side benchmark: the same scenarios, with the same parameters, against Ripple and the
 # servers people use today, each on a fresh process per scenario, on this machine only.
 #
-#   bench/compare.sh                      # everything (about 6-8 minutes on 2 cores)
+#   bench/compare.sh                      # everything (about 25 minutes on 2 cores)
 #   SERVERS="ripple hocuspocus" bench/compare.sh
 #   SERVERS="ripple-hocuspocus hocuspocus" BASELINE=ripple-hocuspocus SCENARIOS="fanout burst connect bigdoc" bench/compare.sh
 #   SCENARIOS="fanout burst" bench/compare.sh
 #   SCENARIOS="fanout fanout-js" bench/compare.sh   # the Rust client and the JS client side by side
 #   OUT=/tmp/bench bench/compare.sh       # where results.jsonl, logs and table.md go
+#   REPEAT=5 bench/compare.sh             # fanout and fanout-js rounds (default 3)
+#
+# Runs go scenario by scenario, every server in turn, so that a scenario's ratios come from
+# runs minutes apart. fanout and fanout-js, whose CPU figures vary by ±20% from run to run on
+# a small VM, are run REPEAT times, in rounds (every server once, then every server again, ...)
+# so that drift hits every server alike; the table shows each figure's median over the runs,
+# with the number of runs and the lowest and highest CPU per delivered update. The other
+# scenarios run once. The targets also show fanout's CPU as a multiple of this machine's floor
+# (ripple-bench floor and fsync, measured at the start, in machine.txt).
 #
 # The chart, results.jsonl, table.md and machine.txt are also copied to docs/bench/ (CHART's
 # directory).
@@ -35,8 +44,12 @@ BASELINE=${BASELINE:-ripple}
 SCENARIOS=${SCENARIOS:-"fanout burst fanout-js burst-js connect idle bigdoc"}
 OUT=${OUT:-"$ROOT/target/bench-compare"}
 CHART=${CHART:-"$ROOT/docs/bench/compare.svg"}
-# Ripple alone also runs connect with this many clients (the 10,000-connection target); 0 skips.
+# Ripple alone also runs connect with this many clients (the 10,000-connection target), right
+# after the connect scenario (at the end if connect is not among SCENARIOS); 0 skips.
 BIG_CONNECT=${BIG_CONNECT:-10000}
+# Rounds of fanout and fanout-js (each a run against every server); figures are medians.
+REPEAT=${REPEAT:-3}
+case $REPEAT in ''|*[!0-9]*|0) echo "REPEAT must be a positive integer (got '$REPEAT')" >&2; exit 2 ;; esac
 
 # Scenario parameters: identical for every server.
 FANOUT_ARGS=${FANOUT_ARGS:-"--rooms 10 --clients 11 --rate 10 --duration 20"}
@@ -70,6 +83,8 @@ fi
 SERVER_PID=""
 PORT=""
 DATA=""
+# The round of a repeated scenario (empty for scenarios run once): names the server's log.
+ROUND=""
 
 free_port() {
   node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})'
@@ -78,7 +93,7 @@ free_port() {
 # Starts $1 in its own process group; sets SERVER_PID, PORT. Returns 1 (and shows the log) if it
 # does not come up.
 start_server() {
-  local name=$1 logf="$OUT/$1.$2.log"
+  local name=$1 logf="$OUT/$1.$2${ROUND:+.run$ROUND}.log"
   DATA=$(mktemp -d "${TMPDIR:-/tmp}/ripple-bench-$name.XXXXXX")
   case $name in
     ripple|ripple-hocuspocus)
@@ -175,7 +190,7 @@ run() {
     echo "SKIPPED: $name against $server (the server did not start); the table shows 'not run'" >&2
     return 0
   fi
-  log "$name against $server (pid $SERVER_PID, port $PORT)"
+  log "$name against $server${ROUND:+ (round $ROUND of $REPEAT)} (pid $SERVER_PID, port $PORT)"
   "${driver[@]}" --label "$server" --name "$name" \
     --url "$(url_for "$server")" --server-pid "$SERVER_PID" --json-out "$RESULTS" "$@" \
     | grep -v '^{' || echo "$what against $server failed" >&2
@@ -193,30 +208,60 @@ args_for() {
   esac
 }
 
+# This machine's floor for a delivery, also passed to the report: the CPU of one small loopback
+# send, and of one fsync (what strict durability adds per write).
+disk_before=$("$BENCH" fsync --dir "${TMPDIR:-/tmp}") || disk_before="fsync probe failed"
+delivery_floor=$("$BENCH" floor) || delivery_floor="floor probe failed"
 {
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
   echo "kernel: $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "code: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' + uncommitted changes under crates/'); node $(node --version 2>/dev/null || echo none)"
-  echo "disk before: $("$BENCH" fsync --dir "${TMPDIR:-/tmp}")"
-  echo "delivery floor: $("$BENCH" floor)"
+  echo "disk before: $disk_before"
+  echo "delivery floor: $delivery_floor"
 } | tee "$OUT/machine.txt" >&2
+# "send floor 4.92 µs CPU per small loopback send (...)" and "fsync p50 ..., 30.2 µs CPU each (...)".
+floor_send_us=$(sed -nE 's/^send floor ([0-9.]+) .*/\1/p' <<<"$delivery_floor")
+fsync_cpu_us=$(sed -nE 's/.*, ([0-9.]+) [^ ]+ CPU each .*/\1/p' <<<"$disk_before")
+floor_args=()
+if [ -n "$floor_send_us" ] && [ -n "$fsync_cpu_us" ]; then
+  floor_args=(--floor-send-us "$floor_send_us" --fsync-cpu-us "$fsync_cpu_us")
+else
+  echo "NOTE: could not read the floor from ripple-bench floor/fsync; the targets leave out the floor rows" >&2
+fi
+
+run_big_connect() {
+  case " $SERVERS " in *" ripple "*) ;; *) return 0 ;; esac
+  [ "$BIG_CONNECT" -gt 0 ] || return 0
+  run ripple connect connect-10k --clients "$BIG_CONNECT" --rooms 100 --connect-concurrency 128
+}
 
 started=$(date +%s)
-for server in $SERVERS; do
-  for scenario in $SCENARIOS; do
-    # shellcheck disable=SC2046
-    run "$server" "$scenario" "$scenario" $(args_for "$scenario")
+big_done=0
+for scenario in $SCENARIOS; do
+  rounds=1
+  case $scenario in fanout|fanout-js) rounds=$REPEAT ;; esac
+  for round in $(seq 1 "$rounds"); do
+    ROUND=""
+    if [ "$rounds" -gt 1 ]; then ROUND=$round; fi
+    for server in $SERVERS; do
+      # shellcheck disable=SC2046
+      run "$server" "$scenario" "$scenario" $(args_for "$scenario")
+    done
   done
-  if [ "$server" = ripple ] && [ "$BIG_CONNECT" -gt 0 ]; then
-    run ripple connect connect-10k --clients "$BIG_CONNECT" --rooms 100 --connect-concurrency 128
+  ROUND=""
+  if [ "$scenario" = connect ] && [ "$big_done" = 0 ]; then
+    run_big_connect
+    big_done=1
   fi
 done
+[ "$big_done" = 1 ] || run_big_connect
 
 echo "disk after: $("$BENCH" fsync --dir "${TMPDIR:-/tmp}"); load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" \
   | tee -a "$OUT/machine.txt" >&2
 log "comparison ($(($(date +%s) - started)) s of runs; raw results in $RESULTS)"
 "$BENCH" report --input "$RESULTS" --md "$OUT/table.md" --svg "$CHART" \
-  --baseline "$BASELINE" --title "Ripple vs peers on $(nproc) cores ($(date -u +%Y-%m-%d))"
+  --baseline "$BASELINE" ${floor_args[@]+"${floor_args[@]}"} \
+  --title "Ripple vs peers on $(nproc) cores ($(date -u +%Y-%m-%d))"
 # Keep the raw results next to the chart so the published figures can be traced.
 chart_dir=$(cd "$(dirname "$CHART")" && pwd)
 if [ "$chart_dir" != "$(cd "$OUT" && pwd)" ]; then

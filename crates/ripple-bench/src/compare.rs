@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::report::{fmt_value, Better, Report};
+use crate::report::{fmt_value, Better, Figure, Report};
 
 /// Reads reports from JSON lines; other lines are ignored.
 pub fn parse_lines(text: &str) -> Vec<Report> {
@@ -13,6 +13,92 @@ pub fn parse_lines(text: &str) -> Vec<Report> {
         .filter(|l| l.trim_start().starts_with('{'))
         .filter_map(|l| serde_json::from_str::<Report>(l).ok())
         .collect()
+}
+
+/// Combines repeated runs: reports with the same (scenario, server) become one, in the order
+/// they first appear. Each figure (in the first run's order) is the median of that figure's
+/// measured values across the runs (`null` if none measured it); errors are summed (the first
+/// five messages kept); protocol and parameters are the first run's. A merged report of more
+/// than one run also says how many (`runs`) and, for the CPU per delivered update, the lowest
+/// and highest run, so the spread is visible.
+pub fn merge_repeats(reports: Vec<Report>) -> Vec<Report> {
+    let mut groups: Vec<Vec<Report>> = Vec::new();
+    for r in reports {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].scenario == r.scenario && g[0].server == r.server)
+        {
+            Some(g) => g.push(r),
+            None => groups.push(vec![r]),
+        }
+    }
+    groups.into_iter().filter_map(merge_runs).collect()
+}
+
+fn merge_runs(runs: Vec<Report>) -> Option<Report> {
+    let n = runs.len();
+    let first = runs.first()?;
+    if n == 1 {
+        return runs.into_iter().next();
+    }
+    let mut out = Report::new(
+        &first.scenario,
+        &first.server,
+        &first.protocol,
+        first.params.clone(),
+    );
+    let values = |key: &str| -> Vec<f64> { runs.iter().filter_map(|r| r.value(key)).collect() };
+    for f in &first.figures {
+        out.fig(&f.key, &f.label, median(values(&f.key)), &f.unit, f.better);
+    }
+    for r in &runs {
+        let (e, sum) = (&r.errors, &mut out.errors);
+        sum.connect_failures += e.connect_failures;
+        sum.disconnects += e.disconnects;
+        sum.protocol_errors += e.protocol_errors;
+        sum.missing_updates += e.missing_updates;
+        sum.convergence_mismatches += e.convergence_mismatches;
+        for m in &e.samples {
+            sum.note(m.clone());
+        }
+    }
+    out.fig(
+        "runs",
+        "runs (figures are medians)",
+        Some(n as f64),
+        "",
+        Better::None,
+    );
+    const CPU: &str = "cpu_us_per_delivered";
+    if first.figures.iter().any(|f| f.key == CPU) {
+        let cpu = values(CPU);
+        let lowest = cpu.iter().copied().reduce(f64::min);
+        let highest = cpu.iter().copied().reduce(f64::max);
+        for (suffix, which, v) in [("min", "lowest", lowest), ("max", "highest", highest)] {
+            out.fig(
+                &format!("{CPU}_{suffix}"),
+                &format!("server CPU per delivered update, {which} run"),
+                v,
+                "µs",
+                Better::None,
+            );
+        }
+    }
+    Some(out)
+}
+
+/// The median (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
 }
 
 /// Servers in the order they first appear, baseline first.
@@ -37,7 +123,7 @@ fn scenarios(reports: &[Report]) -> Vec<String> {
 }
 
 fn find<'a>(reports: &'a [Report], scenario: &str, server: &str) -> Option<&'a Report> {
-    // The last run wins if a scenario was repeated.
+    // The last run wins if a scenario was repeated and not merged (see `merge_repeats`).
     reports
         .iter()
         .rev()
@@ -67,10 +153,16 @@ pub fn markdown(reports: &[Report], baseline: &str) -> String {
     }
     out.push('\n');
     for scenario in scenarios(reports) {
-        let Some(first) = servers.iter().find_map(|s| find(reports, &scenario, s)) else {
-            continue;
-        };
-        for fig in &first.figures {
+        // One row per figure any server reported, in the order they first appear.
+        let mut figures: Vec<&Figure> = Vec::new();
+        for r in servers.iter().filter_map(|s| find(reports, &scenario, s)) {
+            for f in &r.figures {
+                if !figures.iter().any(|g| g.key == f.key) {
+                    figures.push(f);
+                }
+            }
+        }
+        for fig in figures {
             let better = match fig.better {
                 Better::Lower => "lower",
                 Better::Higher => "higher",
@@ -141,65 +233,158 @@ pub struct TargetCheck {
     pub target: String,
     /// What was measured.
     pub measured: String,
-    /// Met, missed, or not measured.
+    /// `met`, `MISSED`, `not measured`, or `info` (informational rows, no target).
     pub verdict: &'static str,
 }
 
-/// Checks the issue's targets. `reference` is the label of `@y/websocket-server`.
-pub fn targets(reports: &[Report], baseline: &str, reference: &str) -> Vec<TargetCheck> {
+/// This machine's floor for one delivered update (see `ripple-bench floor` and
+/// `ripple-bench fsync`): what no server can go below.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Floor {
+    /// CPU of one small loopback TCP send, in µs.
+    pub send_us: f64,
+    /// CPU of one 64-byte write + fdatasync, in µs.
+    pub fsync_cpu_us: f64,
+}
+
+/// `value ≤ factor × limit` with a little slack for floating-point rounding.
+fn within(value: f64, factor: f64, limit: f64) -> bool {
+    value <= factor * limit * (1.0 + 1e-9)
+}
+
+/// How a scenario is named in a target: the JS-client variants say so.
+fn scenario_title(scenario: &str) -> String {
+    if scenario.ends_with("-js") {
+        format!("{scenario} (with JS clients)")
+    } else {
+        scenario.to_owned()
+    }
+}
+
+/// Checks the targets of issue 14 and the earlier ones that must not regress.
+///
+/// `baseline` is Ripple with strict durability, `memory` Ripple with `--persist none`,
+/// `reference` `@y/websocket-server`. With a `floor`, informational rows show fanout's CPU per
+/// delivered update as a multiple of this machine's floor.
+pub fn targets(
+    reports: &[Report],
+    baseline: &str,
+    memory: &str,
+    reference: &str,
+    floor: Option<Floor>,
+) -> Vec<TargetCheck> {
     let mut out = Vec::new();
     let val = |scenario: &str, server: &str, key: &str| {
         find(reports, scenario, server).and_then(|r| r.value(key))
     };
-    let mut vs_ref = |target: &str, scenario: &str, key: &str, factor: f64, unit: &str| {
-        let ours = val(scenario, baseline, key);
-        let theirs = val(scenario, reference, key);
-        let (measured, verdict) = match (ours, theirs) {
+    // `ours ≤ factor × theirs`, both measured in the same scenario.
+    let relative = |target: String,
+                    scenario: &str,
+                    key: &str,
+                    (ours, theirs): (&str, &str),
+                    factor: f64,
+                    unit: &str| {
+        let (measured, verdict) = match (val(scenario, ours, key), val(scenario, theirs, key)) {
             (Some(o), Some(t)) => (
                 format!(
-                    "{} {unit} vs {} {unit} (÷{})",
+                    "{} {unit} = {} × {} {unit}",
                     fmt_value(Some(o)),
+                    ratio(Some(o), Some(t)).map_or("n/a".into(), fmt_ratio),
                     fmt_value(Some(t)),
-                    fmt_ratio(t / o)
                 ),
-                if o * factor <= t { "met" } else { "MISSED" },
+                if within(o, factor, t) {
+                    "met"
+                } else {
+                    "MISSED"
+                },
             ),
-            _ => ("not measured".into(), "not measured"),
+            _ => {
+                let show = |server: &str| match find(reports, scenario, server) {
+                    None => format!("{server} not run"),
+                    Some(r) => format!("{server} {} {unit}", fmt_value(r.value(key))),
+                };
+                (format!("{}, {}", show(ours), show(theirs)), "not measured")
+            }
         };
-        out.push(TargetCheck {
-            target: target.into(),
+        TargetCheck {
+            target,
             measured,
             verdict,
-        });
+        }
     };
-    vs_ref(
-        "fanout: server CPU per delivered update ≤ 1/10 of @y/websocket-server",
-        "fanout",
-        "cpu_us_per_delivered",
-        10.0,
-        "µs",
-    );
-    vs_ref(
-        "burst: server CPU per delivered update ≤ 1/10 of @y/websocket-server",
-        "burst",
-        "cpu_us_per_delivered",
-        10.0,
-        "µs",
-    );
-    vs_ref(
-        "idle: server RSS per idle connection ≤ 1/5 of @y/websocket-server",
-        "idle",
-        "rss_kib_per_conn",
-        5.0,
-        "KiB",
-    );
-    vs_ref(
-        "bigdoc: server CPU per join ≤ 1/10 of @y/websocket-server",
+    const CPU: &str = "cpu_us_per_delivered";
+    for scenario in ["fanout", "fanout-js"] {
+        let s = scenario_title(scenario);
+        out.push(relative(
+            format!(
+                "{s}, strict: server CPU per delivered update ≤ 1.3 × Ripple's own --persist none"
+            ),
+            scenario,
+            CPU,
+            (baseline, memory),
+            1.3,
+            "µs",
+        ));
+        out.push(relative(
+            format!("{s}, strict: server CPU per delivered update ≤ 0.33 × @y/websocket-server"),
+            scenario,
+            CPU,
+            (baseline, reference),
+            0.33,
+            "µs",
+        ));
+        out.push(relative(
+            format!("{s}, none: server CPU per delivered update ≤ 0.25 × @y/websocket-server"),
+            scenario,
+            CPU,
+            (memory, reference),
+            0.25,
+            "µs",
+        ));
+        out.push(relative(
+            format!("{s}, strict: latency p99 ≤ 0.6 × @y/websocket-server's p99"),
+            scenario,
+            "latency_p99_ms",
+            (baseline, reference),
+            0.6,
+            "ms",
+        ));
+    }
+    for scenario in ["burst", "burst-js"] {
+        out.push(relative(
+            format!(
+                "{}, strict: server CPU per delivered update ≤ 0.25 × @y/websocket-server",
+                scenario_title(scenario)
+            ),
+            scenario,
+            CPU,
+            (baseline, reference),
+            0.25,
+            "µs",
+        ));
+    }
+
+    // No regression on the earlier targets.
+    let rss = val("idle", baseline, "rss_kib_per_conn");
+    out.push(TargetCheck {
+        target: "idle: server RSS per idle connection ≤ 2 KiB".into(),
+        measured: rss.map_or("not measured".into(), |v| {
+            format!("{} KiB (limit 2 KiB)", fmt_value(Some(v)))
+        }),
+        verdict: match rss {
+            Some(v) if v <= 2.0 => "met",
+            Some(_) => "MISSED",
+            None => "not measured",
+        },
+    });
+    out.push(relative(
+        "bigdoc: server CPU per join ≤ 1/10 of @y/websocket-server".into(),
         "bigdoc",
         "cpu_ms_per_join",
-        10.0,
+        (baseline, reference),
+        0.1,
         "ms",
-    );
+    ));
     // 10,000 concurrent connections on one node.
     let big = reports
         .iter()
@@ -223,7 +408,8 @@ pub fn targets(reports: &[Report], baseline: &str, reference: &str) -> Vec<Targe
     let p99 = val("fanout", baseline, "latency_p99_ms");
     let rate = val("fanout", baseline, "delivered_per_sec");
     out.push(TargetCheck {
-        target: "fan-out p99 < 2 ms at 1,000 delivered updates/s, durable persistence on".into(),
+        target: "fanout, strict: p99 < 2 ms at 1,000 delivered updates/s (on a quiet machine)"
+            .into(),
         measured: match (p99, rate) {
             (Some(p), Some(r)) => {
                 format!("p99 {} ms at {} /s", fmt_value(Some(p)), fmt_value(Some(r)))
@@ -236,12 +422,73 @@ pub fn targets(reports: &[Report], baseline: &str, reference: &str) -> Vec<Targe
             _ => "not measured",
         },
     });
+
+    // Where fanout stands against what this machine cannot go below.
+    if let Some(floor) = floor {
+        for scenario in ["fanout", "fanout-js"] {
+            for (server, mode, strict) in [(baseline, "strict", true), (memory, "none", false)] {
+                out.push(floor_check(reports, scenario, server, mode, strict, floor));
+            }
+        }
+    }
     out
+}
+
+/// One informational row: a run's CPU per delivered update over the machine's floor (one send,
+/// plus for strict durability one fsync per write shared by that write's deliveries).
+fn floor_check(
+    reports: &[Report],
+    scenario: &str,
+    server: &str,
+    mode: &str,
+    strict: bool,
+    floor: Floor,
+) -> TargetCheck {
+    let target = format!(
+        "{}, {mode}: CPU per delivered update as a multiple of this machine's floor",
+        scenario_title(scenario)
+    );
+    let report = find(reports, scenario, server);
+    let get = |key: &str| report.and_then(|r| r.value(key));
+    let fsync_share = if strict {
+        match (get("writes"), get("delivered")) {
+            (Some(w), Some(d)) if d > 0.0 => Some(floor.fsync_cpu_us * w / d),
+            _ => None,
+        }
+    } else {
+        Some(0.0)
+    };
+    let (Some(cpu), Some(share)) = (get("cpu_us_per_delivered"), fsync_share) else {
+        return TargetCheck {
+            target,
+            measured: match report {
+                None => format!("{server} not run"),
+                Some(_) => "not measured".into(),
+            },
+            verdict: "not measured",
+        };
+    };
+    let parts = if strict {
+        format!("send {:.1} µs + fsync share {share:.1} µs", floor.send_us)
+    } else {
+        format!("send {:.1} µs", floor.send_us)
+    };
+    let total = floor.send_us + share;
+    let multiple = if total > 0.0 {
+        format!("{:.1}", cpu / total)
+    } else {
+        "n/a".into()
+    };
+    TargetCheck {
+        target,
+        measured: format!("{cpu:.1} µs = {multiple} × floor ({parts})"),
+        verdict: "info",
+    }
 }
 
 /// The targets as a markdown table.
 pub fn targets_markdown(checks: &[TargetCheck]) -> String {
-    let mut out = String::from("| target | Ripple vs reference | verdict |\n|---|---|---|\n");
+    let mut out = String::from("| target | measured | verdict |\n|---|---|---|\n");
     for c in checks {
         let verdict = if c.verdict == "MISSED" {
             "**MISSED**"
@@ -274,6 +521,21 @@ const CHART: &[(&str, &str, &str)] = &[
         "burst",
         "cpu_us_per_delivered",
         "burst: server CPU per delivered update (µs, lower is better)",
+    ),
+    (
+        "fanout-js",
+        "cpu_us_per_delivered",
+        "fanout-js (JS clients): server CPU per delivered update (µs, lower is better)",
+    ),
+    (
+        "fanout-js",
+        "latency_p99_ms",
+        "fanout-js (JS clients): latency p99 (ms, lower is better)",
+    ),
+    (
+        "burst-js",
+        "cpu_us_per_delivered",
+        "burst-js (JS clients): server CPU per delivered update (µs, lower is better)",
     ),
     (
         "connect",
@@ -401,6 +663,13 @@ mod tests {
         r
     }
 
+    fn check<'a>(checks: &'a [TargetCheck], target: &str) -> &'a TargetCheck {
+        checks
+            .iter()
+            .find(|c| c.target == target)
+            .unwrap_or_else(|| panic!("no target {target:?} in {checks:#?}"))
+    }
+
     #[test]
     fn table_shows_ratios_and_targets_judge_against_the_reference() {
         let reports = vec![
@@ -430,13 +699,210 @@ mod tests {
             md.contains("| fanout | cpu_us_per_delivered (µs) | lower | 2.00 | 30.00 (×15.0) |"),
             "{md}"
         );
-        let checks = targets(&reports, "ripple", "ref");
-        assert_eq!(checks[0].verdict, "met");
-        assert_eq!(checks[1].verdict, "MISSED");
-        assert_eq!(checks[2].verdict, "not measured");
-        assert_eq!(checks[5].verdict, "met");
+        let checks = targets(&reports, "ripple", "mem", "ref", None);
+        let strict_vs_ref =
+            "fanout, strict: server CPU per delivered update ≤ 0.33 × @y/websocket-server";
+        assert_eq!(check(&checks, strict_vs_ref).verdict, "met");
+        assert_eq!(
+            check(&checks, strict_vs_ref).measured,
+            "2.00 µs = 0.07 × 30.00 µs"
+        );
+        // p99 1.5 ms is 0.5 × the reference's 3 ms.
+        let p99 = "fanout, strict: latency p99 ≤ 0.6 × @y/websocket-server's p99";
+        assert_eq!(check(&checks, p99).verdict, "met");
+        // burst: 5 µs is 0.25 × 20 µs exactly: met (≤).
+        let burst = "burst, strict: server CPU per delivered update ≤ 0.25 × @y/websocket-server";
+        assert_eq!(check(&checks, burst).verdict, "met");
+        let burst_js =
+            "burst-js (with JS clients), strict: server CPU per delivered update ≤ 0.25 × @y/websocket-server";
+        assert_eq!(check(&checks, burst_js).verdict, "not measured");
+        assert_eq!(
+            check(&checks, "idle: server RSS per idle connection ≤ 2 KiB").verdict,
+            "not measured"
+        );
+        assert_eq!(
+            check(
+                &checks,
+                "fanout, strict: p99 < 2 ms at 1,000 delivered updates/s (on a quiet machine)"
+            )
+            .verdict,
+            "met"
+        );
+        // No floor given: no informational rows.
+        assert!(checks.iter().all(|c| c.verdict != "info"));
+        let table = targets_markdown(&checks);
+        assert!(
+            table.starts_with("| target | measured | verdict |\n"),
+            "{table}"
+        );
         let chart = svg(&reports, "ripple", "t");
         assert!(chart.starts_with("<svg") && chart.contains("30.0"));
+        // Panels whose scenario was not run are left out.
+        assert!(chart.contains("fanout: latency p99"), "{chart}");
+        assert!(
+            !chart.contains("fanout-js") && !chart.contains("burst-js"),
+            "{chart}"
+        );
         assert_eq!(by_scenario(&reports).len(), 4);
+    }
+
+    #[test]
+    fn repeats_merge_into_medians_with_the_spread_and_summed_errors() {
+        let mut runs = Vec::new();
+        for (i, (cpu, p99)) in [(10.0, 3.0), (30.0, 1.0), (20.0, 2.0)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut r = rep(
+                "fanout",
+                "ripple",
+                &[("cpu_us_per_delivered", cpu), ("latency_p99_ms", p99)],
+            );
+            // A figure measured in one run only, and one never measured.
+            r.fig("rss", "rss", (i == 1).then_some(7.0), "KiB", Better::Lower);
+            r.fig("gone", "gone", None, "", Better::None);
+            r.errors.disconnects = i as u64 + 1;
+            r.errors.missing_updates = 2;
+            for k in 0..3 {
+                r.errors.note(format!("run {i} error {k}"));
+            }
+            runs.push(r);
+            // Other (scenario, server) pairs interleaved, once each.
+            runs.push(rep(
+                "fanout",
+                "ref",
+                &[("cpu_us_per_delivered", 50.0 + i as f64)],
+            ));
+        }
+        runs.insert(0, rep("burst", "ripple", &[("cpu_us_per_delivered", 4.0)]));
+        let merged = merge_repeats(runs);
+        let order: Vec<_> = merged
+            .iter()
+            .map(|r| (r.scenario.as_str(), r.server.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            [("burst", "ripple"), ("fanout", "ripple"), ("fanout", "ref")]
+        );
+        let m = &merged[1];
+        assert_eq!(m.value("cpu_us_per_delivered"), Some(20.0));
+        assert_eq!(m.value("latency_p99_ms"), Some(2.0));
+        assert_eq!(m.value("rss"), Some(7.0));
+        assert_eq!(m.value("gone"), None);
+        assert_eq!(m.value("runs"), Some(3.0));
+        assert_eq!(m.value("cpu_us_per_delivered_min"), Some(10.0));
+        assert_eq!(m.value("cpu_us_per_delivered_max"), Some(30.0));
+        let keys: Vec<_> = m.figures.iter().map(|f| f.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "cpu_us_per_delivered",
+                "latency_p99_ms",
+                "rss",
+                "gone",
+                "runs",
+                "cpu_us_per_delivered_min",
+                "cpu_us_per_delivered_max"
+            ]
+        );
+        let runs_fig = &m.figures[4];
+        assert_eq!(runs_fig.label, "runs (figures are medians)");
+        assert_eq!(runs_fig.better, Better::None);
+        assert_eq!(m.errors.disconnects, 1 + 2 + 3);
+        assert_eq!(m.errors.missing_updates, 6);
+        assert_eq!(m.errors.total(), 12);
+        assert_eq!(
+            m.errors.samples,
+            [
+                "run 0 error 0",
+                "run 0 error 1",
+                "run 0 error 2",
+                "run 1 error 0",
+                "run 1 error 1"
+            ]
+        );
+        // Even count: the mean of the middle two.
+        assert_eq!(merged[2].value("cpu_us_per_delivered"), Some(51.0));
+        // A single run is left as it was: no runs figure, no spread.
+        assert_eq!(merged[0].figures.len(), 1);
+        assert_eq!(merged[0].value("runs"), None);
+        let md = markdown(&merged, "ripple");
+        assert!(
+            md.contains("| fanout | runs (figures are medians) |  | 3.00 |"),
+            "{md}"
+        );
+        assert!(md.contains("| fanout | **errors** (failures/disconnects/protocol/missing/diverged) | | **0/6/0/6/0** | 0/0/0/0/0 |"), "{md}");
+    }
+
+    #[test]
+    fn strict_against_memory_is_judged_at_one_point_three() {
+        let rule =
+            "fanout, strict: server CPU per delivered update ≤ 1.3 × Ripple's own --persist none";
+        for (strict, verdict) in [(12.9, "met"), (13.1, "MISSED")] {
+            let reports = vec![
+                rep("fanout", "ripple", &[("cpu_us_per_delivered", strict)]),
+                rep("fanout", "ripple-memory", &[("cpu_us_per_delivered", 10.0)]),
+            ];
+            let checks = targets(&reports, "ripple", "ripple-memory", "ref", None);
+            let c = check(&checks, rule);
+            assert_eq!(c.verdict, verdict, "{c:?}");
+            assert_eq!(
+                c.measured,
+                format!("{strict:.2} µs = {:.2} × 10.00 µs", strict / 10.0)
+            );
+            // The reference was not run: the rules against it are not judged.
+            let vs_ref = check(
+                &checks,
+                "fanout, none: server CPU per delivered update ≤ 0.25 × @y/websocket-server",
+            );
+            assert_eq!(vs_ref.verdict, "not measured");
+            assert_eq!(vs_ref.measured, "ripple-memory 10.00 µs, ref not run");
+        }
+    }
+
+    #[test]
+    fn floor_rows_share_the_fsync_among_a_writes_deliveries() {
+        let figs = |cpu: f64| {
+            [
+                ("cpu_us_per_delivered", cpu),
+                ("writes", 2000.0),
+                ("delivered", 20000.0),
+            ]
+        };
+        let reports = vec![
+            rep("fanout", "ripple", &figs(19.2)),
+            rep("fanout", "ripple-memory", &figs(12.0)),
+        ];
+        let floor = Floor {
+            send_us: 4.7,
+            fsync_cpu_us: 20.0,
+        };
+        let checks = targets(&reports, "ripple", "ripple-memory", "ref", Some(floor));
+        let strict = check(
+            &checks,
+            "fanout, strict: CPU per delivered update as a multiple of this machine's floor",
+        );
+        // 20 µs × 2000 writes / 20000 deliveries = 2.0 µs; 19.2 / 6.7 = 2.87.
+        assert_eq!(
+            strict.measured,
+            "19.2 µs = 2.9 × floor (send 4.7 µs + fsync share 2.0 µs)"
+        );
+        assert_eq!(strict.verdict, "info");
+        let none = check(
+            &checks,
+            "fanout, none: CPU per delivered update as a multiple of this machine's floor",
+        );
+        assert_eq!(none.measured, "12.0 µs = 2.6 × floor (send 4.7 µs)");
+        assert_eq!(none.verdict, "info");
+        let js = check(
+            &checks,
+            "fanout-js (with JS clients), strict: CPU per delivered update as a multiple of this machine's floor",
+        );
+        assert_eq!(js.verdict, "not measured");
+        assert_eq!(js.measured, "ripple not run");
+        assert_eq!(
+            checks.iter().filter(|c| c.target.contains("floor")).count(),
+            4
+        );
     }
 }

@@ -159,6 +159,16 @@ enum Command {
         /// Label of the reference server the targets are judged against.
         #[arg(long, default_value = "y-websocket-server")]
         reference: String,
+        /// Label of Ripple with `--persist none` (the baseline's durability is judged against it).
+        #[arg(long, default_value = "ripple-memory")]
+        memory: String,
+        /// This machine's CPU per small loopback send, in µs (`ripple-bench floor`). With
+        /// --fsync-cpu-us, the targets also show fanout's CPU as a multiple of the floor.
+        #[arg(long)]
+        floor_send_us: Option<f64>,
+        /// This machine's CPU per fsync, in µs (`ripple-bench fsync`); see --floor-send-us.
+        #[arg(long)]
+        fsync_cpu_us: Option<f64>,
         /// Write the markdown here (also printed).
         #[arg(long)]
         md: Option<PathBuf>,
@@ -184,11 +194,32 @@ fn main() -> anyhow::Result<()> {
             input,
             baseline,
             reference,
+            memory,
+            floor_send_us,
+            fsync_cpu_us,
             md,
             svg,
             title,
         } => {
-            return report(&input, &baseline, &reference, md, svg, &title);
+            let floor = match (floor_send_us, fsync_cpu_us) {
+                (Some(send_us), Some(fsync_cpu_us)) => Some(compare::Floor {
+                    send_us,
+                    fsync_cpu_us,
+                }),
+                (None, None) => None,
+                _ => {
+                    eprintln!(
+                        "note: the floor needs both --floor-send-us and --fsync-cpu-us; floor rows left out"
+                    );
+                    None
+                }
+            };
+            let servers = ReportServers {
+                baseline: &baseline,
+                memory: &memory,
+                reference: &reference,
+            };
+            return report(&input, servers, floor, md, svg, &title);
         }
         Command::Fanout {
             g,
@@ -369,24 +400,38 @@ fn check_local(url: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The servers `report` judges the targets with: Ripple strict, Ripple `--persist none`, and the
+/// reference.
+struct ReportServers<'a> {
+    baseline: &'a str,
+    memory: &'a str,
+    reference: &'a str,
+}
+
 fn report(
     input: &PathBuf,
-    baseline: &str,
-    reference: &str,
+    servers: ReportServers<'_>,
+    floor: Option<compare::Floor>,
     md: Option<PathBuf>,
     svg: Option<PathBuf>,
     title: &str,
 ) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
-    let reports = compare::parse_lines(&text);
+    // Repeated runs of a scenario against a server become one report of medians.
+    let reports = compare::merge_repeats(compare::parse_lines(&text));
     if reports.is_empty() {
         bail!("no reports in {}", input.display());
     }
+    let ReportServers {
+        baseline,
+        memory,
+        reference,
+    } = servers;
     let mut out = compare::markdown(&reports, baseline);
     out.push('\n');
     out.push_str(&compare::targets_markdown(&compare::targets(
-        &reports, baseline, reference,
+        &reports, baseline, memory, reference, floor,
     )));
     print!("{out}");
     if let Some(path) = md {
