@@ -491,8 +491,12 @@ pub(crate) async fn proxy(
                             user: member.user.as_deref().map(str::to_owned),
                         };
                         if !link.send(join).await {
+                            // The owner went away (it may have handed the room over already):
+                            // the client tries again, and meets a proxy that looks up the
+                            // owner anew, because this one retires once empty.
                             link.forget(stream);
-                            let _ = reply.send(Err(JoinError::LoadFailed("lost the link to the room's owner".into())));
+                            stale = true;
+                            let _ = reply.send(Err(JoinError::OwnedElsewhere(format!("{owner}, link lost"))));
                             continue;
                         }
                         if reply.send(Ok(())).is_err() {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ripple_client::Client;
 use yrs::{Map, Transact};
 
-use common::{listening_port, ripple};
+use common::{keys, listening_port, put, ripple};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -149,22 +149,6 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn put(c: &Client, key: &str) {
-    let map = c.doc().get_or_insert_map("edits");
-    c.edit(|txn| {
-        map.insert(txn, key, true);
-    })
-    .expect("edit");
-}
-
-fn keys(c: &Client) -> Vec<String> {
-    let map = c.doc().get_or_insert_map("edits");
-    let txn = c.doc().transact();
-    let mut keys: Vec<String> = map.keys(&txn).map(str::to_owned).collect();
-    keys.sort();
-    keys
 }
 
 async fn wait_count(c: &mut Client, n: usize) {

@@ -12,7 +12,7 @@ use yrs::{Map, Transact};
 
 mod common;
 
-use common::{listening_port, ripple};
+use common::{keys, listening_port, put, ripple};
 
 const WAIT: Duration = Duration::from_secs(20);
 const ROOMS: usize = 10;
@@ -48,14 +48,6 @@ async fn client(port: u16, room: &str) -> Client {
     c
 }
 
-fn keys(c: &Client) -> Vec<String> {
-    let map = c.doc().get_or_insert_map("edits");
-    let txn = c.doc().transact();
-    let mut keys: Vec<String> = map.keys(&txn).map(str::to_owned).collect();
-    keys.sort();
-    keys
-}
-
 async fn every_seen_edit_survives_kill_9(durability: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut server, port) = start(dir.path(), durability);
@@ -67,12 +59,8 @@ async fn every_seen_edit_survives_kill_9(durability: &str) {
     }
     // Every writer queues all its edits at once; the server takes them as fast as it can.
     for (r, w) in writers.iter().enumerate() {
-        let map = w.doc().get_or_insert_map("edits");
         for i in 0..EDITS {
-            w.edit(|txn| {
-                map.insert(txn, format!("r{r}-{i:03}"), true);
-            })
-            .expect("edit");
+            put(w, &format!("r{r}-{i:03}"));
         }
     }
     // Kill mid-stream: once room 0's observer has a third of its room's edits.

@@ -53,3 +53,23 @@ pub fn listening_line(child: &mut Child) -> String {
         .expect("listening line");
     line
 }
+
+/// Sets key `key` of map `edits` (the tests' edits: one key per edit, so what arrived is a set).
+pub fn put(c: &ripple_client::Client, key: &str) {
+    use yrs::Map;
+    let map = c.doc().get_or_insert_map("edits");
+    c.edit(|txn| {
+        map.insert(txn, key, true);
+    })
+    .expect("edit");
+}
+
+/// The keys of map `edits` a client holds, sorted.
+pub fn keys(c: &ripple_client::Client) -> Vec<String> {
+    use yrs::{Map, Transact};
+    let map = c.doc().get_or_insert_map("edits");
+    let txn = c.doc().transact();
+    let mut keys: Vec<String> = map.keys(&txn).map(str::to_owned).collect();
+    keys.sort();
+    keys
+}
