@@ -1,25 +1,26 @@
 //! The embedded store: SQLite in WAL mode in `DATA_DIR/ripple.db`.
 //!
-//! One write connection, [`Writer`], is shared by every caller, and writes group-commit:
+//! One write connection, `Writer`, is shared by every caller, and writes group-commit:
 //! everything queued goes into one transaction, one commit, one fsync, and then each caller is
 //! answered. Each request runs inside its own savepoint, so one failing request (a compaction
 //! conflict) does not fail the others in its batch. Reads (`load`, `list`, `check`) run on a
 //! small pool of read connections through `spawn_blocking`; WAL lets them proceed while the
 //! writer writes.
 //!
-//! Who commits: the caller that finds the writer idle commits its own batch on its own thread
-//! (a tokio worker) and returns; whatever was queued meanwhile is drained by a blocking-pool
+//! Who commits: the caller of a small append (at most `INLINE_MAX_BYTES`) that finds the
+//! writer idle commits its own batch on its own thread (a tokio worker) and returns; whatever was queued meanwhile is drained by a blocking-pool
 //! thread until the queue is empty. So at most one runtime worker is ever inside SQLite, and
-//! only for its own commit; on a runtime with a single worker every commit goes to the blocking
-//! pool, so that a slow disk cannot stall every connection. An earlier design handed every
+//! only for its own commit; compactions, big appends, and every commit on a runtime with a single
+//! worker go to the blocking pool, so that neither a whole document's write nor a slow disk can
+//! stall the connections. An earlier design handed every
 //! write to a dedicated writer thread and woke the caller back: at the rates rooms write (a
 //! commit every few milliseconds, each one alone) the two hand-offs cost more CPU than SQLite's
 //! own work (on a 2-core VM with the database on tmpfs, fanout CPU per delivered update went
 //! from 20.3 to 13.2 µs against 8.2 µs with no persistence: docs/benchmarks.md). Under load the
 //! drain thread batches, and its one wake-up is shared by its batches.
 //! Checkpoints are kept off that path: the writer never checkpoints below
-//! [`WRITER_CHECKPOINT_PAGES`] and a checkpointer thread of its own copies the WAL back (see
-//! [`Checkpointer`]).
+//! `WRITER_CHECKPOINT_PAGES` and a checkpointer thread of its own copies the WAL back (see
+//! `Checkpointer`).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -159,6 +160,12 @@ enum Request {
 }
 
 impl Request {
+    /// An append small enough to commit on the caller's thread. Compactions (a whole
+    /// document), salvages and deletes always go to the blocking pool.
+    fn is_small_append(&self) -> bool {
+        matches!(self, Request::Append { .. }) && self.payload_len() <= INLINE_MAX_BYTES
+    }
+
     fn payload_len(&self) -> usize {
         match self {
             Request::Append { updates, .. } => updates.iter().map(Bytes::len).sum(),
@@ -363,9 +370,11 @@ impl SqliteStore {
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        if let Some(conn) = self.writer.submit(make(reply)) {
+        let request = make(reply);
+        let small = request.is_small_append();
+        if let Some(conn) = self.writer.submit(request) {
             // The writer was idle: this caller commits (its own request is in the batch).
-            Writer::lead(&self.writer, conn);
+            Writer::lead(&self.writer, conn, small);
         }
         answer.await.map_err(|_| {
             StoreError::Unavailable("the sqlite writer stopped before answering".into())
@@ -550,8 +559,8 @@ struct WriterState {
     /// and a compaction in flight, and rooms in memory are capped by `max_rooms`).
     queue: VecDeque<Request>,
     /// The checkpointer has copied most of the WAL back and asks whoever holds the connection
-    /// for the rest (see [`Checkpointer`]).
-    /// Answered when it has run, so that the checkpointer never runs beside it.
+    /// for the rest (see [`Checkpointer`]); the sender is answered once that has run, so that
+    /// the checkpointer never runs beside it.
     checkpoint_wanted: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
@@ -586,8 +595,9 @@ impl Writer {
 
     /// Commits what is queued now (the caller's request among it) on the caller's thread, then
     /// leaves whatever arrived meanwhile, and a wanted checkpoint, to a blocking-pool thread, so
-    /// that a room's turn is never held up by other rooms' commits.
-    fn lead(this: &Arc<Self>, conn: WriterConn) {
+    /// that a room's turn is never held up by other rooms' commits. With `small` false (the
+    /// caller's request is not a small append) everything goes to the blocking pool.
+    fn lead(this: &Arc<Self>, conn: WriterConn, small: bool) {
         let mut held = Held {
             writer: this.clone(),
             conn: Some(conn),
@@ -595,9 +605,10 @@ impl Writer {
         let runtime = tokio::runtime::Handle::try_current();
         // Only where another worker can go on meanwhile: on a runtime with one thread, a commit
         // inline would stall every connection for as long as the disk takes.
-        let inline = runtime
-            .as_ref()
-            .map_or(true, |r| r.metrics().num_workers() > 1);
+        let inline = small
+            && runtime
+                .as_ref()
+                .map_or(true, |r| r.metrics().num_workers() > 1);
         if let (false, Ok(runtime)) = (inline, &runtime) {
             drop(runtime.spawn_blocking(move || held.drain()));
             return;
@@ -702,6 +713,9 @@ impl WriterConn {
     }
 }
 
+/// The largest append committed on the caller's thread; a bigger one (a pasted document) goes to
+/// the blocking pool, as compactions do.
+const INLINE_MAX_BYTES: usize = 64 << 10;
 /// The writer asks the checkpointer to run after this many commits (a commit adds two or three
 /// pages to the WAL, so about SQLite's default of 1,000 pages).
 const CHECKPOINT_EVERY_COMMITS: u32 = 320;
