@@ -414,29 +414,23 @@ pub(crate) async fn proxy(
     };
     let link = match cluster.link_to(&owner).await {
         Ok(link) => link,
-        Err(e) if e.refused => {
-            // Nothing listens where the owner said it would: it died (kill -9, a crash) and its
-            // host is up. Its leases are ended now instead of when they lapse; fencing makes
-            // this safe even if it is alive after all.
-            match env.store.release_node(&owner).await {
-                Ok(n) => {
-                    warn!(room = %key, %owner, leases = n, error = %e, "the room's owner refuses connections; ended its leases to take its rooms over");
-                    return ProxyEnd::OwnerDead;
-                }
-                Err(err) => {
-                    warn!(room = %key, %owner, error = %err, "could not end a dead owner's leases");
-                }
-            }
-            crate::room::linger_refusing(
-                inbox,
-                JoinError::OwnedElsewhere(format!("{owner}, unreachable: {e}")),
-                Duration::from_secs(1),
-            )
-            .await;
-            return ProxyEnd::Done;
-        }
         Err(e) => {
-            warn!(room = %key, %owner, error = %e, "cannot reach the room's owner; refusing its clients");
+            if e.refused {
+                // Nothing listens where the owner said it would: it died (kill -9, a crash) and
+                // its host is up. Its leases are ended now instead of when they lapse; fencing
+                // makes this safe even if it is alive after all.
+                match env.store.release_node(&owner).await {
+                    Ok(n) => {
+                        warn!(room = %key, %owner, leases = n, error = %e, "the room's owner refuses connections; ended its leases to take its rooms over");
+                        return ProxyEnd::OwnerDead;
+                    }
+                    Err(err) => {
+                        warn!(room = %key, %owner, error = %err, "could not end a dead owner's leases");
+                    }
+                }
+            } else {
+                warn!(room = %key, %owner, error = %e, "cannot reach the room's owner; refusing its clients");
+            }
             crate::room::linger_refusing(
                 inbox,
                 JoinError::OwnedElsewhere(format!("{owner}, unreachable: {e}")),
