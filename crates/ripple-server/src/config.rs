@@ -159,6 +159,9 @@ pub struct Config {
     /// Threads running connections and rooms; 0 means one per CPU core. (Storage writes and
     /// document loads run on their own threads either way.)
     pub worker_threads: usize,
+    /// Linux: a broadcast's socket writes go to the kernel in one io_uring submission instead of
+    /// one `writev` per member (where io_uring is unavailable, Ripple falls back by itself).
+    pub io_uring: bool,
     /// Who may open the inspector at `/`: `"admin"` (requests with the admin token; nobody
     /// without one configured), `"open"` (`ripple dev`) or `"off"`.
     pub inspector: crate::pages::InspectorAccess,
@@ -263,6 +266,7 @@ impl Default for Config {
             storage_unready_secs: 10.0,
             shutdown_grace_secs: 10.0,
             worker_threads: 0,
+            io_uring: true,
             node_id: String::new(),
             lease_ttl_secs: 10.0,
             inspector: Default::default(),

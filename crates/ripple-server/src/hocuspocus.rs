@@ -151,6 +151,11 @@ impl Sink for HocuspocusSink {
         self.ended.load(Ordering::Acquire) || self.peer.send(frames, self.limits)
     }
 
+    fn direct(&self) -> Option<(&Peer, QueueLimits)> {
+        // An ended document's frames are discarded (`send`).
+        (!self.ended.load(Ordering::Acquire)).then_some((&*self.peer, self.limits))
+    }
+
     fn close(&self, close: Close) {
         if matches!(
             close.code,

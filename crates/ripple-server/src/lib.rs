@@ -24,6 +24,7 @@ mod room;
 pub mod stats;
 mod throttle;
 pub mod token_auth;
+mod uring;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -96,6 +97,7 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        uring::set_enabled(self.config.io_uring);
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let config = Arc::new(self.config);

@@ -130,6 +130,12 @@ pub(crate) trait Sink: Send + Sync + std::fmt::Debug {
     /// (its bounded queue is full); the room then ends the membership (the client reconnects
     /// and resyncs), so nothing is dropped silently.
     fn send(&self, frames: &[OutFrame]) -> bool;
+    /// The socket and bounds, when [`Sink::send`] is exactly `Peer::send` on them right now:
+    /// the room then writes such members together (`peer::send_all`, one system call for a
+    /// broadcast where the kernel allows).
+    fn direct(&self) -> Option<(&Peer, QueueLimits)> {
+        None
+    }
     /// Ends this membership (for a socket with one member, the socket). The first close wins.
     fn close(&self, close: Close);
     /// The room's keep-alive round: a sink that owns its socket pings it, or closes it when the
@@ -198,6 +204,10 @@ impl Sink for SocketSink {
 
     fn send(&self, frames: &[OutFrame]) -> bool {
         self.peer.send(frames, self.limits)
+    }
+
+    fn direct(&self) -> Option<(&Peer, QueueLimits)> {
+        Some((&self.peer, self.limits))
     }
 
     fn close(&self, close: Close) {

@@ -4,7 +4,9 @@
 //! hands them to the kernel in one vectored, non-blocking write. Only what the socket does not
 //! take at once is queued, and then the connection task is woken to write the rest when the
 //! socket drains. So a delivery costs one system call and no task wake-up, and an idle
-//! connection holds no buffers at all. Frames are a header next to a shared payload: a
+//! connection holds no buffers at all. A room's turn goes further with [`send_all`]: every
+//! member whose queue is empty is written in the same io_uring submission (`uring.rs`), so a
+//! broadcast to ten sockets is one system call, not ten. Frames are a header next to a shared payload: a
 //! broadcast is encoded once and never copied per recipient.
 //!
 //! The queue is bounded (frames and bytes); [`Peer::send`] reports a full queue and the room
@@ -13,8 +15,9 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -167,6 +170,26 @@ fn write_frames<'a>(
 }
 
 impl Out {
+    /// The answer to a send of `frames` that need not touch the socket: discarded (closing),
+    /// refused (the queue would pass `limits`) or queued behind what waits. `None`: the queue
+    /// is empty, so the caller writes them now.
+    fn admit(&mut self, frames: &[OutFrame], limits: QueueLimits) -> Option<bool> {
+        if self.close.is_some() || self.failed {
+            return Some(true);
+        }
+        if self.queue.is_empty() {
+            return None;
+        }
+        let bytes: usize = frames.iter().map(OutFrame::len).sum();
+        let too_many = self.queue.len() + frames.len() > limits.frames;
+        if too_many || self.queued_bytes + bytes > limits.bytes {
+            return Some(false);
+        }
+        self.queue.extend(frames.iter().cloned());
+        self.queued_bytes += bytes;
+        Some(true)
+    }
+
     /// Takes `n` written bytes off the front of the queue.
     fn advance(&mut self, mut n: usize) {
         self.queued_bytes = self.queued_bytes.saturating_sub(n);
@@ -222,21 +245,25 @@ impl Peer {
             return true;
         }
         let mut out = self.lock();
-        if out.close.is_some() || out.failed {
-            return true;
-        }
-        let bytes: usize = frames.iter().map(OutFrame::len).sum();
-        if !out.queue.is_empty() {
-            let too_many = out.queue.len() + frames.len() > limits.frames;
-            if too_many || out.queued_bytes + bytes > limits.bytes {
-                return false;
-            }
-            out.queue.extend(frames.iter().cloned());
-            out.queued_bytes += bytes;
-            return true;
+        if let Some(answer) = out.admit(frames, limits) {
+            return answer;
         }
         // Nothing waiting: write now, queue only the remainder.
-        let written = match write_frames(&self.stream, frames.iter(), 0) {
+        let written = write_frames(&self.stream, frames.iter(), 0);
+        self.wrote(out, frames, written)
+    }
+
+    /// Finishes a send that found the queue empty and wrote `frames` directly: queues what the
+    /// socket did not take (the connection task writes it when the socket drains), or, if the
+    /// write failed, closes. Returns [`Peer::send`]'s answer.
+    fn wrote(
+        &self,
+        mut out: MutexGuard<'_, Out>,
+        frames: &[OutFrame],
+        written: io::Result<usize>,
+    ) -> bool {
+        let bytes: usize = frames.iter().map(OutFrame::len).sum();
+        let written = match written {
             Ok(n) => n,
             Err(_) => {
                 out.failed = true;
@@ -245,11 +272,11 @@ impl Peer {
                 return true;
             }
         };
-        if written == bytes {
+        if written >= bytes {
             return true;
         }
-        // Part of it is on the wire: the rest must follow, whatever the limits say (they apply
-        // to the next send).
+        // Part of it may be on the wire: the rest must follow, whatever the limits say (they
+        // apply to the next send).
         out.queue.extend(frames.iter().cloned());
         out.queued_bytes = bytes;
         out.advance(written);
@@ -385,6 +412,87 @@ impl Peer {
     }
 }
 
+/// One member's share of a room's turn, for [`send_all`].
+#[derive(Debug)]
+pub(crate) struct Delivery<'a> {
+    pub(crate) peer: &'a Peer,
+    pub(crate) frames: &'a [OutFrame],
+    pub(crate) limits: QueueLimits,
+}
+
+/// Sends each delivery as [`Peer::send`] would and returns its answers, in order. The sockets
+/// with nothing queued are written together: in one system call where io_uring is available
+/// (`uring.rs`), else one `writev` each. The others queue their frames, or, if another send
+/// holds their lock right now, take the ordinary path afterwards.
+pub(crate) fn send_all(deliveries: &[Delivery<'_>]) -> Vec<bool> {
+    send_batch(deliveries, crate::uring::enabled())
+}
+
+/// [`send_all`], with io_uring (where the kernel offers it) or without.
+fn send_batch(deliveries: &[Delivery<'_>], uring: bool) -> Vec<bool> {
+    let mut answers = vec![true; deliveries.len()];
+    // Deliveries for the ordinary path, after the batch.
+    let mut each = Vec::new();
+    // Sockets with an empty queue, locked until their write is accounted for.
+    let mut held: Vec<(usize, MutexGuard<'_, Out>)> = Vec::new();
+    for (i, d) in deliveries.iter().enumerate() {
+        if d.frames.is_empty() {
+            continue;
+        }
+        if deliveries.len() == 1 || d.frames.len() > MAX_FRAMES_PER_WRITE {
+            each.push(i);
+            continue;
+        }
+        // Never wait for a lock while holding others: one socket may carry several members
+        // (a Hocuspocus socket, one per document), and another room may be sending to it.
+        let mut out = match d.peer.out.try_lock() {
+            Ok(out) => out,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                each.push(i);
+                continue;
+            }
+        };
+        match out.admit(d.frames, d.limits) {
+            Some(answer) => answers[i] = answer,
+            None => held.push((i, out)),
+        }
+    }
+    let batched = if uring && held.len() > 1 {
+        let mut writes = crate::uring::Writes::new();
+        for (i, _) in &held {
+            let d = &deliveries[*i];
+            writes.push(
+                d.peer.stream.as_fd(),
+                d.frames.iter().flat_map(|f| f.slices(0)),
+            );
+        }
+        writes.write()
+    } else {
+        None
+    };
+    match batched {
+        Some(written) => {
+            for ((i, out), written) in held.into_iter().zip(written) {
+                let d = &deliveries[i];
+                answers[i] = d.peer.wrote(out, d.frames, written);
+            }
+        }
+        None => {
+            for (i, out) in held {
+                let d = &deliveries[i];
+                let written = write_frames(&d.peer.stream, d.frames.iter(), 0);
+                answers[i] = d.peer.wrote(out, d.frames, written);
+            }
+        }
+    }
+    for i in each {
+        let d = &deliveries[i];
+        answers[i] = d.peer.send(d.frames, d.limits);
+    }
+    answers
+}
+
 /// What woke the connection task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wake {
@@ -392,4 +500,206 @@ pub(crate) enum Wake {
     Writable,
     Readable,
     Failed,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const ROOMY: QueueLimits = QueueLimits {
+        frames: 1024,
+        bytes: 64 << 20,
+    };
+
+    /// `n` peers (server sides) and their clients.
+    async fn peers(n: usize) -> (Vec<Peer>, Vec<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mut servers, mut clients) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+            let (s, _) = listener.accept().await.unwrap();
+            servers.push(Peer::new(i as ConnId, s));
+        }
+        (servers, clients)
+    }
+
+    /// The frame `OutFrame::binary(body)` as a client reads it.
+    fn wire(body: &[u8]) -> Vec<u8> {
+        let f = OutFrame::binary(Bytes::copy_from_slice(body));
+        let [a, b] = f.slices(0);
+        [a, b].concat()
+    }
+
+    async fn read_exactly(client: &mut TcpStream, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        client.read_exact(&mut got).await.unwrap();
+        got
+    }
+
+    /// Every delivery of a batch arrives, in order, and counts as sent; both with io_uring and
+    /// with one writev per socket. One socket carrying two members (Hocuspocus) gets both.
+    #[tokio::test]
+    async fn a_batch_delivers_to_every_socket_in_order() {
+        for uring in [true, false] {
+            let (servers, mut clients) = peers(5).await;
+            let frames: Vec<Vec<OutFrame>> = (0..5)
+                .map(|i| {
+                    vec![
+                        OutFrame::binary(Bytes::from(format!("a{i}"))),
+                        OutFrame::binary(Bytes::from(format!("b{i}"))),
+                    ]
+                })
+                .collect();
+            let mut deliveries: Vec<Delivery<'_>> = servers
+                .iter()
+                .zip(&frames)
+                .map(|(peer, frames)| Delivery {
+                    peer,
+                    frames,
+                    limits: ROOMY,
+                })
+                .collect();
+            let again = [OutFrame::binary(Bytes::from_static(b"again"))];
+            deliveries.push(Delivery {
+                peer: &servers[2],
+                frames: &again,
+                limits: ROOMY,
+            });
+            assert_eq!(send_batch(&deliveries, uring), vec![true; 6]);
+            for (i, client) in clients.iter_mut().enumerate() {
+                let mut expected = [
+                    wire(format!("a{i}").as_bytes()),
+                    wire(format!("b{i}").as_bytes()),
+                ]
+                .concat();
+                if i == 2 {
+                    expected.extend(wire(b"again"));
+                }
+                assert_eq!(
+                    read_exactly(client, expected.len()).await,
+                    expected,
+                    "uring {uring}, socket {i}"
+                );
+                assert_eq!(servers[i].queued_bytes(), 0);
+            }
+        }
+    }
+
+    /// What a full socket does not take is queued (and written once it drains); a socket with
+    /// a queue gets its frames queued behind, and a queue over its limits refuses the frames;
+    /// a dead socket closes. A batch treats each socket as `Peer::send` alone would.
+    #[tokio::test]
+    async fn a_batch_queues_the_rest_refuses_over_limits_and_closes_dead_sockets() {
+        for uring in [true, false] {
+            let (servers, mut clients) = peers(3).await;
+            socket2::SockRef::from(servers[0].stream())
+                .set_send_buffer_size(4096)
+                .unwrap();
+            let big = vec![OutFrame::binary(Bytes::from(vec![1u8; 4 << 20]))];
+            let small = vec![OutFrame::binary(Bytes::from_static(b"small"))];
+            let first = [
+                Delivery {
+                    peer: &servers[0],
+                    frames: &big,
+                    limits: ROOMY,
+                },
+                Delivery {
+                    peer: &servers[1],
+                    frames: &small,
+                    limits: ROOMY,
+                },
+            ];
+            assert_eq!(send_batch(&first, uring), vec![true, true]);
+            let queued = servers[0].queued_bytes();
+            assert!(
+                queued > 0 && queued < big[0].len(),
+                "uring {uring}: the rest is queued ({queued})"
+            );
+            assert_eq!(servers[1].queued_bytes(), 0);
+
+            // Behind a queue: queued if it fits, refused (nothing queued) if not.
+            let tight = QueueLimits {
+                frames: 2,
+                bytes: 64 << 20,
+            };
+            let two = vec![small[0].clone(), small[0].clone()];
+            let second = [
+                Delivery {
+                    peer: &servers[0],
+                    frames: &small,
+                    limits: tight,
+                },
+                Delivery {
+                    peer: &servers[0],
+                    frames: &two,
+                    limits: tight,
+                },
+                Delivery {
+                    peer: &servers[1],
+                    frames: &small,
+                    limits: ROOMY,
+                },
+            ];
+            assert_eq!(send_batch(&second, uring), vec![true, false, true]);
+            assert_eq!(servers[0].queued_bytes(), queued + small[0].len());
+
+            // The connection task's part: write the queue as the client reads.
+            let expected = [wire(&vec![1u8; 4 << 20]), wire(b"small")].concat();
+            let reader = async {
+                let mut c = &mut clients[0];
+                read_exactly(&mut c, expected.len()).await
+            };
+            let writer = async {
+                while servers[0].queued_bytes() > 0 {
+                    servers[0].stream().writable().await.unwrap();
+                    servers[0].write_queued().unwrap();
+                }
+            };
+            let (got, ()) = tokio::join!(reader, writer);
+            assert!(
+                got == expected,
+                "uring {uring}: the big frame, then the small one"
+            );
+            let two_small = [wire(b"small"), wire(b"small")].concat();
+            assert_eq!(
+                read_exactly(&mut clients[1], two_small.len()).await,
+                two_small
+            );
+
+            // A dead socket: the write fails (at once, or once the reset is in) and the peer
+            // closes; the answer is not "too slow".
+            let dead = peers(2).await;
+            let (dead_servers, mut dead_clients) = dead;
+            drop(dead_clients.remove(0));
+            let mut closed = false;
+            for _ in 0..200 {
+                let d = [
+                    Delivery {
+                        peer: &dead_servers[0],
+                        frames: &small,
+                        limits: ROOMY,
+                    },
+                    Delivery {
+                        peer: &dead_servers[1],
+                        frames: &small,
+                        limits: ROOMY,
+                    },
+                ];
+                assert_eq!(send_batch(&d, uring), vec![true, true]);
+                if dead_servers[0].lock().close.is_some() {
+                    closed = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(closed, "uring {uring}: a write to a dead socket closes it");
+            assert!(dead_servers[0].lock().failed);
+        }
+    }
 }

@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use crate::closer::code;
 use crate::config::{Config, PersistMode};
 use crate::member::{heard_by, Close, Framing, Member, MemberId, Out, SinkInfo};
-use crate::peer::OutFrame;
+use crate::peer::{send_all, Delivery, OutFrame};
 use crate::stats::{inc, Stats};
 
 /// Most inbox messages handled in one turn (one storage commit).
@@ -1142,13 +1142,17 @@ impl Actor {
     /// costs one encoding however many members get it). A member whose queue is full is ended
     /// (it reconnects and resyncs); nothing is dropped silently.
     fn flush(&mut self) {
-        let mut mine: Vec<OutFrame> = Vec::new();
+        // Every member's frames of one round, back to back; `direct` members' ranges in it.
+        let mut frames: Vec<OutFrame> = Vec::new();
+        let mut direct: Vec<(MemberId, std::ops::Range<usize>)> = Vec::new();
         // Per framing seen this turn: the frame of each output message (built when first
         // needed). Rooms rarely have more than two framings.
         let mut framed: Vec<(Framing, Vec<Option<Option<OutFrame>>>)> = Vec::new();
         while !self.out.is_empty() {
             let out = std::mem::take(&mut self.out);
             framed.clear();
+            frames.clear();
+            direct.clear();
             let mut slow = Vec::new();
             for (id, c) in &self.conns {
                 let framing = c.sink.framing();
@@ -1160,7 +1164,7 @@ impl Actor {
                     }
                 };
                 let cache = &mut framed[slot].1;
-                mine.clear();
+                let start = frames.len();
                 for (i, (target, msg)) in out.iter().enumerate() {
                     let to_me = match target {
                         Target::One(one) => one == id,
@@ -1170,14 +1174,20 @@ impl Actor {
                     if to_me {
                         let frame = cache[i].get_or_insert_with(|| framing.frame(msg));
                         if let Some(frame) = frame {
-                            mine.push(frame.clone());
+                            frames.push(frame.clone());
                         }
                     }
                 }
-                if mine.is_empty() {
+                if frames.len() == start {
                     continue;
                 }
-                if c.sink.send(&mine) {
+                if c.sink.direct().is_some() {
+                    // Written below, with the other sockets, in one go.
+                    direct.push((*id, start..frames.len()));
+                    continue;
+                }
+                let mine = &frames[start..];
+                if c.sink.send(mine) {
                     self.env
                         .stats
                         .frames_sent
@@ -1185,7 +1195,32 @@ impl Actor {
                 } else {
                     slow.push(*id);
                 }
+                frames.truncate(start);
             }
+            let mut ids = Vec::with_capacity(direct.len());
+            let mut deliveries = Vec::with_capacity(direct.len());
+            for (id, range) in &direct {
+                let Some((peer, limits)) = self.conns.get(id).and_then(|c| c.sink.direct()) else {
+                    continue;
+                };
+                ids.push(*id);
+                deliveries.push(Delivery {
+                    peer,
+                    frames: &frames[range.clone()],
+                    limits,
+                });
+            }
+            let answers = send_all(&deliveries);
+            let mut sent = 0;
+            for ((id, d), ok) in ids.into_iter().zip(&deliveries).zip(answers) {
+                if ok {
+                    sent += d.frames.len();
+                } else {
+                    slow.push(id);
+                }
+            }
+            drop(deliveries);
+            self.env.stats.frames_sent.fetch_add(sent as u64, Relaxed);
             for id in slow {
                 if let Some(c) = self.conns.get(&id) {
                     inc(&self.env.stats.slow_consumer_closes);

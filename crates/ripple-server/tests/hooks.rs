@@ -351,7 +351,14 @@ async fn edits_that_settle_are_sent_once_signed_with_the_configured_objects_and_
     }
     let t = doc.get_or_insert_text("t");
     assert_eq!(yrs::GetString::get_string(&t, &doc.transact()), "abc");
-    assert_eq!(server.stat(|s| &s.hook_change_delivered), 1);
+    // Counted when the answer is back, which may be after the hook saw the request.
+    server
+        .wait_stat(
+            "the delivery counted",
+            |s| &s.hook_change_delivered,
+            |n| n == 1,
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -392,8 +399,14 @@ async fn a_500_is_retried_until_it_succeeds() {
     let d = hook.wait_deliveries(1).await;
     assert_eq!(hook.calls.load(Ordering::SeqCst), 3, "two 500s, then 200");
     assert_eq!(d[0].body["data"]["t"]["content"], "retry me");
+    server
+        .wait_stat(
+            "the delivery counted",
+            |s| &s.hook_change_delivered,
+            |n| n == 1,
+        )
+        .await;
     assert_eq!(server.stat(|s| &s.hook_change_retries), 2);
-    assert_eq!(server.stat(|s| &s.hook_change_delivered), 1);
 }
 
 #[tokio::test]
@@ -509,7 +522,13 @@ async fn a_party_can_turn_the_change_webhook_off_or_point_it_elsewhere() {
         .deliveries()
         .iter()
         .all(|d| d.body["party"] != "quiet"));
-    assert_eq!(server.stat(|s| &s.hook_change_delivered), 2);
+    server
+        .wait_stat(
+            "both deliveries counted",
+            |s| &s.hook_change_delivered,
+            |n| n == 2,
+        )
+        .await;
 }
 
 #[tokio::test]
