@@ -503,6 +503,7 @@ pub(crate) enum Wake {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failure here is the test failing
 mod tests {
     use std::time::Duration;
 
@@ -651,10 +652,7 @@ mod tests {
 
             // The connection task's part: write the queue as the client reads.
             let expected = [wire(&vec![1u8; 4 << 20]), wire(b"small")].concat();
-            let reader = async {
-                let mut c = &mut clients[0];
-                read_exactly(&mut c, expected.len()).await
-            };
+            let reader = read_exactly(&mut clients[0], expected.len());
             let writer = async {
                 while servers[0].queued_bytes() > 0 {
                     servers[0].stream().writable().await.unwrap();

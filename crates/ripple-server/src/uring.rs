@@ -278,6 +278,7 @@ mod imp {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a failure here is the test failing
 mod tests {
     use std::io::Read;
     use std::net::{TcpListener, TcpStream};
