@@ -1272,6 +1272,9 @@ impl Actor {
                 true
             }
             Due::SelfFence => {
+                // No renewal got through in time: this node cannot own rooms now, even when the
+                // tick came too late to see a renewal fail (a busy machine), so `/readyz` says so.
+                self.env.stats.append_failed();
                 self.lose_lease("no renewal got through before the lease could lapse");
                 false
             }
