@@ -530,6 +530,14 @@ mod tests {
         (servers, clients)
     }
 
+    fn to<'a>(peer: &'a Peer, frames: &'a [OutFrame], limits: QueueLimits) -> Delivery<'a> {
+        Delivery {
+            peer,
+            frames,
+            limits,
+        }
+    }
+
     /// The frame `OutFrame::binary(body)` as a client reads it.
     fn wire(body: &[u8]) -> Vec<u8> {
         let f = OutFrame::binary(Bytes::copy_from_slice(body));
@@ -560,18 +568,10 @@ mod tests {
             let mut deliveries: Vec<Delivery<'_>> = servers
                 .iter()
                 .zip(&frames)
-                .map(|(peer, frames)| Delivery {
-                    peer,
-                    frames,
-                    limits: ROOMY,
-                })
+                .map(|(peer, frames)| to(peer, frames, ROOMY))
                 .collect();
             let again = [OutFrame::binary(Bytes::from_static(b"again"))];
-            deliveries.push(Delivery {
-                peer: &servers[2],
-                frames: &again,
-                limits: ROOMY,
-            });
+            deliveries.push(to(&servers[2], &again, ROOMY));
             assert_eq!(send_batch(&deliveries, uring), vec![true; 6]);
             for (i, client) in clients.iter_mut().enumerate() {
                 let mut expected = [
@@ -604,18 +604,7 @@ mod tests {
                 .unwrap();
             let big = vec![OutFrame::binary(Bytes::from(vec![1u8; 4 << 20]))];
             let small = vec![OutFrame::binary(Bytes::from_static(b"small"))];
-            let first = [
-                Delivery {
-                    peer: &servers[0],
-                    frames: &big,
-                    limits: ROOMY,
-                },
-                Delivery {
-                    peer: &servers[1],
-                    frames: &small,
-                    limits: ROOMY,
-                },
-            ];
+            let first = [to(&servers[0], &big, ROOMY), to(&servers[1], &small, ROOMY)];
             assert_eq!(send_batch(&first, uring), vec![true, true]);
             let queued = servers[0].queued_bytes();
             assert!(
@@ -631,21 +620,9 @@ mod tests {
             };
             let two = vec![small[0].clone(), small[0].clone()];
             let second = [
-                Delivery {
-                    peer: &servers[0],
-                    frames: &small,
-                    limits: tight,
-                },
-                Delivery {
-                    peer: &servers[0],
-                    frames: &two,
-                    limits: tight,
-                },
-                Delivery {
-                    peer: &servers[1],
-                    frames: &small,
-                    limits: ROOMY,
-                },
+                to(&servers[0], &small, tight),
+                to(&servers[0], &two, tight),
+                to(&servers[1], &small, ROOMY),
             ];
             assert_eq!(send_batch(&second, uring), vec![true, false, true]);
             assert_eq!(servers[0].queued_bytes(), queued + small[0].len());
@@ -678,16 +655,8 @@ mod tests {
             let mut closed = false;
             for _ in 0..200 {
                 let d = [
-                    Delivery {
-                        peer: &dead_servers[0],
-                        frames: &small,
-                        limits: ROOMY,
-                    },
-                    Delivery {
-                        peer: &dead_servers[1],
-                        frames: &small,
-                        limits: ROOMY,
-                    },
+                    to(&dead_servers[0], &small, ROOMY),
+                    to(&dead_servers[1], &small, ROOMY),
                 ];
                 assert_eq!(send_batch(&d, uring), vec![true, true]);
                 if dead_servers[0].lock().close.is_some() {

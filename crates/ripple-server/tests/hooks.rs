@@ -119,6 +119,18 @@ fn key(room: &str) -> RoomKey {
     RoomKey::new("main", room, 256).expect("key")
 }
 
+/// Waits until the server has counted `n` change deliveries: it counts one when the answer is
+/// back, which may be after the hook saw the request.
+async fn delivered(server: &TestServer, n: u64) {
+    server
+        .wait_stat(
+            "the deliveries counted",
+            |s| &s.hook_change_delivered,
+            |d| d == n,
+        )
+        .await;
+}
+
 #[tokio::test]
 async fn the_load_hook_seeds_a_new_room_once_before_anyone_syncs() {
     let hook = receiver(Answer::Seed).await;
@@ -351,14 +363,7 @@ async fn edits_that_settle_are_sent_once_signed_with_the_configured_objects_and_
     }
     let t = doc.get_or_insert_text("t");
     assert_eq!(yrs::GetString::get_string(&t, &doc.transact()), "abc");
-    // Counted when the answer is back, which may be after the hook saw the request.
-    server
-        .wait_stat(
-            "the delivery counted",
-            |s| &s.hook_change_delivered,
-            |n| n == 1,
-        )
-        .await;
+    delivered(&server, 1).await;
 }
 
 #[tokio::test]
@@ -399,13 +404,7 @@ async fn a_500_is_retried_until_it_succeeds() {
     let d = hook.wait_deliveries(1).await;
     assert_eq!(hook.calls.load(Ordering::SeqCst), 3, "two 500s, then 200");
     assert_eq!(d[0].body["data"]["t"]["content"], "retry me");
-    server
-        .wait_stat(
-            "the delivery counted",
-            |s| &s.hook_change_delivered,
-            |n| n == 1,
-        )
-        .await;
+    delivered(&server, 1).await;
     assert_eq!(server.stat(|s| &s.hook_change_retries), 2);
 }
 
@@ -522,13 +521,7 @@ async fn a_party_can_turn_the_change_webhook_off_or_point_it_elsewhere() {
         .deliveries()
         .iter()
         .all(|d| d.body["party"] != "quiet"));
-    server
-        .wait_stat(
-            "both deliveries counted",
-            |s| &s.hook_change_delivered,
-            |n| n == 2,
-        )
-        .await;
+    delivered(&server, 2).await;
 }
 
 #[tokio::test]
